@@ -1,0 +1,29 @@
+# Two commands on a fresh machine:  `make quickstart`  and  `make test`.
+# Both create the virtual environment first if it is missing. The CPU set-up pins torch
+# (constraints/cpu.txt) so pip takes the local CPU build instead of a multi-GB CUDA one.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup quickstart test bench clean
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -c constraints/cpu.txt -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/recdistill quickstart --output-dir runs/quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/recdistill bench students --output-dir benchmarks/results --seeds 0 1 2
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

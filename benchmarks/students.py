@@ -1,0 +1,120 @@
+"""``recdistill bench students``: train every student on MovieLens-100K, write JSON + Markdown.
+
+Reproduce the README table with ``make bench`` (seeds 0 1 2). Each row is a median over seeds;
+the JSON keeps every run. Protocol: leave-one-out by time, full ranking, earlier items masked,
+model selected on validation NDCG@10 (AUC for CTR).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recdistill.atomic import write_json, write_text
+
+SEQUENTIAL = ["sasrec", "gru4rec", "caser", "bert4rec"]
+CTR = ["deepfm", "dcnv2", "din"]
+
+
+def run_student_benchmark(output_dir: str | Path, students: list[str] | None = None,
+                          seeds: list[int] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    from recdistill.baselines import most_popular_metrics
+    from recdistill.data import SequentialDataModule
+    from recdistill.student.fit import fit_student
+
+    output_dir = Path(output_dir)
+    seeds = seeds or [0]
+    names = students or SEQUENTIAL + CTR
+    runs: list[dict[str, Any]] = []
+    started = time.time()
+    for name in names:
+        for seed in seeds:
+            run_dir = output_dir / "runs" / f"{name}-seed{seed}"
+            metrics = fit_student(f"ml100k_{name}", run_dir, [f"--seed_everything={seed}", *(overrides or [])])
+            runs.append({"student": name, "seed": seed, **metrics})
+            write_json(output_dir / "students.json", _payload(runs, seeds, started))
+    datamodule = SequentialDataModule(dataset="movielens-100k")
+    popular = {split: most_popular_metrics(datamodule, split) for split in ("valid", "test")}
+    payload = _payload(runs, seeds, started, popular)
+    write_json(output_dir / "students.json", payload)
+    write_text(output_dir / "students.md", render_markdown(payload))
+    return payload
+
+
+def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,
+             popular: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+    return {
+        "benchmark": "students",
+        "dataset": "movielens-100k",
+        "protocol": "leave-one-out by time, full ranking, earlier items masked, selected on validation",
+        "seeds": seeds,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "wall_seconds": round(time.time() - started, 1),
+        "most_popular": popular,
+        "runs": runs,
+    }
+
+
+def _median(runs: list[dict[str, Any]], *path: str) -> float:
+    values = []
+    for run in runs:
+        value: Any = run
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:
+            values.append(float(value))
+    return statistics.median(values) if values else float("nan")
+
+
+def render_markdown(payload: dict[str, Any]) -> str:
+    seeds = payload["seeds"]
+    lines = [
+        f"Students on MovieLens-100K ({payload['protocol']}); median over seeds {seeds}, "
+        f"{payload['threads']} torch threads, torch {payload['torch']}. Reproduce: `make bench`.",
+        "",
+        "| model | valid NDCG@10 | test HR@10 | test NDCG@10 | test MRR@10 | params | s/epoch | epochs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    popular = payload.get("most_popular")
+    if popular:
+        lines.append(f"| MostPopular | {popular['valid']['ndcg@10']:.4f} | {popular['test']['hr@10']:.4f} | "
+                     f"{popular['test']['ndcg@10']:.4f} | {popular['test']['mrr@10']:.4f} | 0 | - | - |")
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for run in payload["runs"]:
+        by_name.setdefault(run["student"], []).append(run)
+    ctr_rows = []
+    for name, runs in by_name.items():
+        if runs[0].get("task") == "ctr":
+            ctr_rows.append((name, runs))
+            continue
+        lines.append(
+            f"| {name} | {_median(runs, 'valid', 'ndcg@10'):.4f} | {_median(runs, 'test', 'hr@10'):.4f} | "
+            f"{_median(runs, 'test', 'ndcg@10'):.4f} | {_median(runs, 'test', 'mrr@10'):.4f} | "
+            f"{int(_median(runs, 'num_parameters')):,} | {_median(runs, 'seconds_per_epoch'):.2f} | "
+            f"{int(_median(runs, 'epochs'))} |"
+        )
+    if ctr_rows:
+        lines += ["", "| CTR model | valid AUC | test AUC | test GAUC | test LogLoss | params | s/epoch | epochs |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, runs in ctr_rows:
+            lines.append(
+                f"| {name} | {_median(runs, 'valid', 'auc'):.4f} | {_median(runs, 'test', 'auc'):.4f} | "
+                f"{_median(runs, 'test', 'gauc'):.4f} | {_median(runs, 'test', 'logloss'):.4f} | "
+                f"{int(_median(runs, 'num_parameters')):,} | {_median(runs, 'seconds_per_epoch'):.2f} | "
+                f"{int(_median(runs, 'epochs'))} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(run_student_benchmark(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results"), indent=2))

@@ -1,0 +1,129 @@
+"""The ``recdistill`` command line.
+
+    recdistill fetch movielens-100k|smollm2-135m|all
+    recdistill data info movielens-100k [--json]
+    recdistill student fit --config recipes/ml100k_sasrec.yaml --output-dir DIR [--trainer.max_epochs 3 ...]
+    recdistill teacher fit|emit|eval --config recipes/quickstart_teacher.yaml --output-dir DIR
+    recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
+    recdistill quickstart [--output-dir runs/quickstart]
+
+Recipe overrides after the known options are passed to LightningCLI (``--section.key value``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+
+def _fetch(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.assets import ASSETS, fetch
+
+    names = sorted(ASSETS) if args.name == "all" else [args.name]
+    for name in names:
+        paths = fetch(name)
+        for filename, path in paths.items():
+            print(f"{name}: {path} (sha256 verified)")
+    return 0
+
+
+def _data_info(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.data import data_info
+
+    column_map = json.loads(args.column_map) if args.column_map else None
+    info = data_info(args.source, format=args.format, column_map=column_map)
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _student_fit(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.student.fit import fit_student
+
+    metrics = fit_student(args.config, args.output_dir, rest, resume=args.resume)
+    test = metrics["test"]
+    shown = {k: round(v, 4) for k, v in test.items() if k.endswith("@10") or k in ("auc", "logloss", "gauc")}
+    print(f"test ({metrics['student']}, best epoch {metrics['best_epoch']}): {shown}")
+    print(f"wrote {args.output_dir}/metrics.json")
+    return 0
+
+
+def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.teacher.cli import run_teacher_command
+
+    return run_teacher_command(args.action, args.config, args.output_dir, rest)
+
+
+def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.benchmarks.students import run_student_benchmark
+
+    run_student_benchmark(args.output_dir, students=args.students, seeds=args.seeds, overrides=rest)
+    return 0
+
+
+def _quickstart(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.quickstart import run_quickstart
+
+    run_quickstart(args.output_dir, overrides=rest)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recdistill", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    fetch = commands.add_parser("fetch", help="fetch and verify an offline asset into the cache")
+    fetch.add_argument("name", help="movielens-100k, smollm2-135m or all")
+    fetch.set_defaults(handler=_fetch)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="action", required=True)
+    info = data.add_parser("info", help="counts and split sizes of a dataset")
+    info.add_argument("source", nargs="?", default="movielens-100k")
+    info.add_argument("--format", default=None, help="movielens-raw, ml-1m, recbole, parquet, csv (auto if omitted)")
+    info.add_argument("--column-map", default=None, help='JSON, e.g. {"user": "uid", "item": "iid", "timestamp": "ts"}')
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(handler=_data_info)
+
+    student = commands.add_parser("student", help="train students").add_subparsers(dest="action", required=True)
+    fit = student.add_parser("fit", help="train a student from a recipe; writes metrics.json")
+    fit.add_argument("--config", required=True, help="recipe file or packaged recipe name")
+    fit.add_argument("--output-dir", required=True)
+    fit.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
+    fit.set_defaults(handler=_student_fit)
+
+    teacher = commands.add_parser("teacher", help="fine-tune, emit and evaluate the LLM teacher")
+    teacher.add_argument("action", choices=["fit", "emit", "eval"])
+    teacher.add_argument("--config", required=True)
+    teacher.add_argument("--output-dir", required=True)
+    teacher.set_defaults(handler=_teacher)
+
+    bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
+    bench.add_argument("suite", choices=["students"])
+    bench.add_argument("--output-dir", default="benchmarks/results")
+    bench.add_argument("--students", nargs="*", default=None)
+    bench.add_argument("--seeds", nargs="*", type=int, default=[0])
+    bench.set_defaults(handler=_bench)
+
+    quick = commands.add_parser("quickstart", help="the quickstart recipe end to end on MovieLens-100K + SmolLM2")
+    quick.add_argument("--output-dir", default="runs/quickstart")
+    quick.set_defaults(handler=_quickstart)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
+    takes_overrides = args.command in ("student", "teacher", "bench", "quickstart")
+    if rest and not takes_overrides:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return handler(args, rest)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

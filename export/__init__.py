@@ -1,0 +1,1 @@
+"""recdistill.export."""
