@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from jsonargparse import lazy_instance
+from lightning.pytorch.loggers import CSVLogger
 
 from recdistill.atomic import write_json, write_text
 from recdistill.data import CTRDataModule, SequentialDataModule
@@ -77,9 +79,7 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
         trainer_defaults={
             "default_root_dir": str(output_dir),
             "deterministic": True,
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                       "init_args": {"save_dir": str(output_dir), "name": "logs"}},
-            "callbacks": [{"class_path": "lightning.pytorch.callbacks.RichProgressBar"}],
+            "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),
         },
     )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -87,6 +87,8 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", monitor=monitor, mode=mode,
                                  save_last=True, filename="best")
     trainer.callbacks.extend([checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=patience)])
+    if not any(isinstance(c, ProgressBar) for c in trainer.callbacks):
+        trainer.callbacks.append(RichProgressBar())
     write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
 
     last = output_dir / "checkpoints" / "last.ckpt"
