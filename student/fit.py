@@ -9,6 +9,7 @@ Model selection uses validation only; test is evaluated once, with the best chec
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger
 from recdistill.atomic import write_json, write_text
 from recdistill.data import CTRDataModule, SequentialDataModule
 from recdistill.recipes import recipe_path
+from recdistill.student.callbacks import RNGStateCheckpoint
 from recdistill.student.io import save_student
 from recdistill.student.tasks import CTRRecommender, SequentialRecommender
 
@@ -69,6 +71,7 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     cli_class = _CTRCLI if task == "ctr" else _StudentCLI
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
     cli = cli_class(
         model_class=CTRRecommender if task == "ctr" else SequentialRecommender,
         datamodule_class=CTRDataModule if task == "ctr" else SequentialDataModule,
@@ -86,7 +89,9 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
     patience = cli.config["early_stopping_patience"]
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", monitor=monitor, mode=mode,
                                  save_last=True, filename="best")
-    trainer.callbacks.extend([checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=patience)])
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)]
+    trainer.callbacks.extend([checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=patience),
+                              RNGStateCheckpoint()])
     if not any(isinstance(c, ProgressBar) for c in trainer.callbacks):
         trainer.callbacks.append(RichProgressBar())
     write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))

@@ -36,14 +36,12 @@ class SequentialRecommender(L.LightningModule):
         weight_decay: float = 0.0,
         mask_seen: bool = True,
         ks: Sequence[int] = (5, 10, 20),
-        cloze_mask_prob: float = 0.2,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["student"])
         self.student = student if isinstance(student, nn.Module) else student(num_items)
         self.lr, self.weight_decay = lr, weight_decay
         self.mask_seen, self.ks = mask_seen, tuple(ks)
-        self.cloze_mask_prob = cloze_mask_prob
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.student(input_ids)
@@ -62,9 +60,9 @@ class SequentialRecommender(L.LightningModule):
         return F.cross_entropy(logits, labels[positions]), encoded
 
     def _cloze_inputs(self, sequence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask random real positions (at least one per row, the most recent if none drawn)."""
+        """Mask real positions with the student's ``mask_prob`` (at least one per row: the most recent)."""
         real = sequence > 0
-        chosen = (torch.rand(sequence.shape, device=sequence.device) < self.cloze_mask_prob) & real
+        chosen = (torch.rand(sequence.shape, device=sequence.device) < self.student.mask_prob) & real
         none_drawn = ~chosen.any(dim=1)
         chosen[:, -1] |= none_drawn & real[:, -1]
         masked = sequence.masked_fill(chosen, self.student.mask_token)
