@@ -1,0 +1,219 @@
+"""LightningDataModules for the sequential (next-item) and CTR tasks.
+
+Both load eagerly in ``__init__`` so ``num_items`` & co. exist right after construction (the CLI
+links them into the model). Batches are dicts of tensors built a whole batch at a time.
+
+Sequential batches (item inputs LEFT-padded with 0, keeping the most recent ``max_len`` items):
+- train: ``input_ids`` Long[B, L], ``labels`` Long[B, L] (next item per position, 0 = ignore),
+  ``example_ids`` Long[B, L] (example id of each label, 0 where the label is 0; for teacher
+  signals), ``user`` Long[B]; one row per user with >= 2 training items (input ``seq[:-3]``,
+  labels ``seq[1:-2]``, i.e. the training part ``seq[:-2]`` shifted).
+- valid/test/predict: ``input_ids`` Long[B, L], ``target`` Long[B], ``history`` Long[B, H] (all
+  earlier items, left-padded to the batch's longest), ``user`` Long[B], ``example_id`` Long[B].
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from recdistill.data.sampling import EpochShuffleSampler
+from recdistill.data.batching import BatchedDataset, collate, left_pad, offsets_of
+from recdistill.data.ctr import CTRDataset, build_ctr_features, ctr_examples
+from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
+from recdistill.data.sequential import load_split
+
+_SPLIT_ALIASES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test",
+                  "predict": "test"}
+
+
+class SequentialTrainDataset(BatchedDataset):
+    """One row per user: the training part ``seq[:-2]`` as (input, next-item labels)."""
+
+    def __init__(self, split: SequentialSplit, max_len: int):
+        lengths = split.lengths
+        self.flat = np.concatenate(split.sequences).astype(np.int64)
+        self.users = np.flatnonzero(lengths - 2 >= 2)
+        self.starts = offsets_of(lengths)[self.users]
+        self.ends = self.starts + lengths[self.users] - 3  # input = seq[:-3]; labels shifted by one
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        s, e, user = self.starts[idx], self.ends[idx], self.users[idx]
+        labels = left_pad(self.flat, s + 1, e + 1, self.max_len)
+        pos = (e + 1 - s)[:, None] - self.max_len + np.arange(self.max_len)[None, :]  # label position in seq
+        example_ids = np.where(labels > 0, user[:, None] * EXAMPLE_STRIDE + pos, 0)
+        return {"input_ids": left_pad(self.flat, s, e, self.max_len), "labels": labels,
+                "example_ids": example_ids, "user": user}
+
+
+class SequentialEvalDataset(BatchedDataset):
+    """One row per user: predict ``seq[-2]`` from ``seq[:-2]`` (valid) or ``seq[-1]`` from ``seq[:-1]`` (test)."""
+
+    def __init__(self, split: SequentialSplit, which: str, max_len: int):
+        if which not in ("valid", "test"):
+            raise ValueError(f"evaluation split must be 'valid' or 'test', got {which!r}")
+        lengths = split.lengths
+        self.flat = np.concatenate(split.sequences).astype(np.int64)
+        self.starts = offsets_of(lengths)
+        self.pos = lengths - (2 if which == "valid" else 1)  # position of the target
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        s, p = self.starts[idx], self.pos[idx]
+        return {"input_ids": left_pad(self.flat, s, s + p, self.max_len),
+                "target": self.flat[s + p],
+                "history": left_pad(self.flat, s, s + p),
+                "user": idx.astype(np.int64),
+                "example_id": idx.astype(np.int64) * EXAMPLE_STRIDE + p}
+
+
+class _SplitDataModule(L.LightningDataModule):
+    """Shared loading, loaders and ``from_split``."""
+
+    def _load(self, dataset: str, data_format: str | None, column_map: dict[str, str] | None,
+              min_interactions: int) -> SequentialSplit:
+        preset = self.__dict__.pop("_preset_split", None)
+        if preset is not None:
+            return preset
+        return load_split(dataset, min_interactions=min_interactions, format=data_format, column_map=column_map)
+
+    @classmethod
+    def from_split(cls, split: SequentialSplit, **kwargs):
+        """Build the module around an existing split (``dataset`` becomes ``split.name``)."""
+        obj = cls.__new__(cls)
+        obj._preset_split = split
+        kwargs.setdefault("dataset", split.name)
+        obj.__init__(**kwargs)
+        return obj
+
+    @property
+    def num_users(self) -> int:
+        return self.split.num_users
+
+    @property
+    def num_items(self) -> int:
+        return self.split.num_items
+
+    @property
+    def fingerprint(self) -> str:
+        return self.split.fingerprint
+
+    def _dataset(self, split: str) -> torch.utils.data.Dataset:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def dataloader(self, split: str, shuffle: bool = False) -> DataLoader:
+        """A loader over ``split`` ('train', 'valid'/'val', 'test' or 'predict')."""
+        name = _SPLIT_ALIASES.get(split)
+        if name is None:
+            raise ValueError(f"unknown split {split!r}; use one of {sorted(_SPLIT_ALIASES)}")
+        dataset = self._dataset(name)
+        sampler = EpochShuffleSampler(len(dataset), self.seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size if name == "train" else self.eval_batch_size,
+                          sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("valid")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+
+class SequentialDataModule(_SplitDataModule):
+    """Next-item prediction over a leave-one-out split (batch formats in the module docstring)."""
+
+    def __init__(
+        self,
+        dataset: str = "movielens-100k",
+        data_format: str | None = None,
+        column_map: dict[str, str] | None = None,
+        max_len: int = 50,
+        batch_size: int = 256,
+        eval_batch_size: int = 512,
+        min_interactions: int = 3,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
+        self.dataset, self.data_format, self.column_map = dataset, data_format, column_map
+        self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
+        self.min_interactions, self.num_workers, self.seed = min_interactions, num_workers, seed
+        self.split = self._load(dataset, data_format, column_map, min_interactions)
+        self._datasets: dict[str, BatchedDataset] = {}
+
+    def _dataset(self, split: str) -> BatchedDataset:
+        if split not in self._datasets:
+            self._datasets[split] = (SequentialTrainDataset(self.split, self.max_len) if split == "train"
+                                     else SequentialEvalDataset(self.split, split, self.max_len))
+        return self._datasets[split]
+
+
+class CTRDataModule(_SplitDataModule):
+    """Click-through prediction: ``label = rating >= rating_threshold``; batches are
+    ``{sparse Long[B,F], dense Float[B,D], history Long[B,H], label Float[B], user Long[B],
+    item Long[B], example_id Long[B]}`` (see ``recdistill.data.ctr`` for the split rule)."""
+
+    def __init__(
+        self,
+        dataset: str = "movielens-100k",
+        data_format: str | None = None,
+        column_map: dict[str, str] | None = None,
+        rating_threshold: float = 4.0,
+        history_len: int = 20,
+        batch_size: int = 1024,
+        eval_batch_size: int = 4096,
+        min_interactions: int = 3,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if history_len < 1:
+            raise ValueError(f"history_len must be >= 1, got {history_len}")
+        self.dataset, self.data_format, self.column_map = dataset, data_format, column_map
+        self.rating_threshold, self.history_len = rating_threshold, history_len
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.min_interactions, self.num_workers, self.seed = min_interactions, num_workers, seed
+        self.split = self._load(dataset, data_format, column_map, min_interactions)
+        self.features = build_ctr_features(self.split)
+        self.examples = ctr_examples(self.split, rating_threshold)
+        self._datasets: dict[str, CTRDataset] = {}
+
+    @property
+    def field_dims(self) -> list[int]:
+        return list(self.features.field_dims)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.features.feature_names)
+
+    @property
+    def dense_names(self) -> list[str]:
+        return list(self.features.dense_names)
+
+    @property
+    def dense_dim(self) -> int:
+        return len(self.features.dense_names)
+
+    def _dataset(self, split: str) -> CTRDataset:
+        if split not in self._datasets:
+            self._datasets[split] = CTRDataset(self.split, self.features, self.examples[split], self.history_len)
+        return self._datasets[split]
