@@ -1,0 +1,124 @@
+"""``recdistill teacher fit|emit|eval --config RECIPE --output-dir DIR [--section.key value ...]``.
+
+Recipe sections: ``seed_everything``, ``data`` (SequentialDataModule init args), ``model``
+(HLLMTeacher init args; ``num_items``, ``item_text`` and ``dataset_fingerprint`` are linked from
+the data), ``trainer`` (Lightning Trainer args), ``emit`` (signal emission settings) and
+``eval`` (evaluation settings). Outputs in DIR: ``adapter/`` + ``fit.json`` + ``config.yaml``
+(fit), ``signals/`` (emit, unless ``emit.output_dir`` is set), ``metrics.json`` (eval).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from recdistill.teacher.evaluate import evaluate_teacher
+from recdistill.teacher.fit import fit_teacher
+from recdistill.teacher.signals import emit_signals
+
+
+def _add_common(parser) -> None:
+    parser.add_argument("--emit.k", type=int, default=50, help="top-K items per example")
+    parser.add_argument("--emit.layers", type=list[int], default=[], help="hidden-state indices to store")
+    parser.add_argument("--emit.splits", type=list[str], default=["train", "valid", "test"])
+    parser.add_argument("--emit.shard_size", type=int, default=4096)
+    parser.add_argument("--emit.train_every", type=int, default=1)
+    parser.add_argument("--emit.train_stride", type=int | None, default=None)
+    parser.add_argument("--emit.batch_size", type=int, default=16)
+    parser.add_argument("--emit.exclude_target", type=bool, default=True)
+    parser.add_argument("--emit.overwrite", type=bool, default=False)
+    parser.add_argument("--emit.output_dir", type=str | None, default=None)
+    parser.add_argument("--eval.long_tail_threshold", type=int, default=10)
+    parser.add_argument("--eval.latency_users", type=int, default=200)
+    parser.add_argument("--eval.splits", type=list[str], default=["valid", "test"])
+
+
+def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+    from lightning.pytorch.loggers import CSVLogger
+
+    from recdistill.data import SequentialDataModule
+    from recdistill.teacher.hllm import HLLMTeacher
+
+    class TeacherCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            _add_common(parser)
+            parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
+            parser.link_arguments("data.split", "model.item_text", apply_on="instantiate",
+                                  compute_fn=lambda split: list(split.item_text))
+            parser.link_arguments("data.fingerprint", "model.dataset_fingerprint", apply_on="instantiate")
+
+    from jsonargparse import lazy_instance
+
+    return TeacherCLI(
+        model_class=HLLMTeacher,
+        datamodule_class=SequentialDataModule,
+        args=["--config", str(config), *rest],
+        run=False,
+        save_config_callback=None,
+        seed_everything_default=0,
+        trainer_defaults={
+            "default_root_dir": str(output_dir),
+            "enable_checkpointing": False,  # best trainable weights are kept in memory (the base is frozen)
+            "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),
+        },
+    )
+
+
+def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
+    """Parse the recipe, instantiating only the data module (emit/eval load the fitted teacher)."""
+    from jsonargparse import ArgumentParser, ActionConfigFile
+
+    from recdistill.data import SequentialDataModule
+
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(SequentialDataModule, "data")
+    parser.add_argument("--seed_everything", type=Any, default=0)
+    parser.add_argument("--model", type=dict, default={})
+    parser.add_argument("--trainer", type=dict, default={})
+    _add_common(parser)
+    cfg = parser.parse_args(["--config", str(config), *rest])
+    init = parser.instantiate_classes(cfg)
+    return init.data, cfg.as_dict()
+
+
+def run_teacher_command(action: str, config: str | Path, output_dir: str | Path, rest: list[str] | None = None) -> int:
+    """Dispatch ``fit`` / ``emit`` / ``eval``; returns a process exit code."""
+    from recdistill.atomic import write_text
+    from recdistill.recipes import recipe_path
+
+    rest = list(rest or [])
+    config = recipe_path(str(config))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if action == "fit":
+        cli = _fit_cli(config, output_dir, rest)
+        write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
+        path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir)
+        print(f"wrote teacher checkpoint {path}")
+        return 0
+    datamodule, cfg = _data_only(config, rest)
+    checkpoint = output_dir / "adapter"
+    if not (checkpoint / "teacher.json").is_file():
+        raise FileNotFoundError(f"no fitted teacher in {checkpoint}; run `recdistill teacher fit` first")
+    from recdistill.teacher.hllm import load_teacher
+
+    module = load_teacher(checkpoint)
+    if action == "emit":
+        e = cfg["emit"]
+        out = Path(e["output_dir"]) if e.get("output_dir") else output_dir / "signals"
+        path = emit_signals(module, datamodule, out, k=e["k"], layers=e["layers"], splits=e["splits"],
+                            shard_size=e["shard_size"], overwrite=e["overwrite"], train_every=e["train_every"],
+                            train_stride=e["train_stride"], exclude_target=e["exclude_target"],
+                            batch_size=e["batch_size"])
+        print(f"wrote teacher signals {path}")
+        return 0
+    if action == "eval":
+        ev = cfg["eval"]
+        metrics = evaluate_teacher(module, datamodule, output_dir, splits=ev["splits"],
+                                   long_tail_threshold=ev["long_tail_threshold"], latency_users=ev["latency_users"])
+        shown = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if k.endswith("@10")}
+        print(f"teacher test: {shown}; wrote {output_dir / 'metrics.json'}")
+        return 0
+    raise ValueError(f"unknown teacher action {action!r}; use fit, emit or eval")
