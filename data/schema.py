@@ -117,6 +117,15 @@ class SequentialSplit:
         pos = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(starts, counts) + 1
         return owner * EXAMPLE_STRIDE + pos
 
+    def cold_targets(self, split: str) -> int:
+        """How many ``split`` targets are items with no training interaction (kept, never dropped:
+        they stay rankable, and reports can slice on them)."""
+        if split not in ("valid", "test"):
+            raise ValueError(f"cold targets are defined for 'valid' and 'test', not {split!r}")
+        offset = 2 if split == "valid" else 1
+        targets = np.array([s[-offset] for s in self.sequences], dtype=np.int64)
+        return int((self.item_train_counts()[targets] == 0).sum())
+
     def summary(self) -> dict:
         """Sizes and fingerprint, as written to ``data.json``."""
         lengths = self.lengths
@@ -128,6 +137,8 @@ class SequentialSplit:
             "num_train": int(np.maximum(lengths - 3, 0).sum()),
             "num_valid": self.num_users,
             "num_test": self.num_users,
+            "cold_valid_targets": self.cold_targets("valid"),
+            "cold_test_targets": self.cold_targets("test"),
             "fingerprint": self.fingerprint,
         }
 

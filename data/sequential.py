@@ -64,7 +64,7 @@ def build_sequential_split(data: Interactions, *, min_interactions: int = 3) -> 
     user_ids = np.asarray(user_ids)
     items = _align(data.items, "item_id", item_ids)
     users = _align(data.users, "user_id", user_ids)
-    return SequentialSplit(
+    result = SequentialSplit(
         name=data.name,
         user_ids=user_ids,
         item_ids=item_ids,
@@ -77,6 +77,13 @@ def build_sequential_split(data: Interactions, *, min_interactions: int = 3) -> 
         timestamps=per_ts,
         ratings=per_rating,
     )
+    for which in ("valid", "test"):
+        cold = result.cold_targets(which)
+        if cold:
+            msg = (f"{cold} {which} targets are items never seen in training; they are kept in the "
+                   f"catalogue and ranked like any other item (reported as cold_{which}_targets)")
+            log.info("%s: %s", data.name, msg)
+    return result
 
 
 def load_split(source: str | Path = "movielens-100k", *, min_interactions: int = 3, **reader_kwargs) -> SequentialSplit:

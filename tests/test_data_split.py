@@ -100,7 +100,8 @@ def test_example_ids_and_summary():
     assert split.valid_example(0).example_id == 3
     summary = split.summary()
     assert summary == {"name": "tiny", "num_users": 2, "num_items": 5, "num_interactions": 8, "num_train": 2,
-                       "num_valid": 2, "num_test": 2, "fingerprint": split.fingerprint}
+                       "num_valid": 2, "num_test": 2, "fingerprint": split.fingerprint,
+                       "cold_valid_targets": 1, "cold_test_targets": 1}  # items 4 and 5 never trained on
     with pytest.raises(ValueError, match="unknown split"):
         split.example_ids("dev")
 
@@ -167,3 +168,20 @@ def test_real_movielens_100k():
     assert sum(int(t[-1] == t[-2]) for t in split.timestamps) == 415
     info = data_info("movielens-100k")
     assert info["ctr"]["num_train"] == 100_000 - 2 * 943 and info["ctr"]["num_test"] == 943
+
+
+def test_cold_targets_are_counted_and_logged(caplog):
+    import logging
+
+    import pandas as pd
+
+    from recdistill.data import Interactions, build_sequential_split
+
+    # user 0 ends on item 9 (never seen in anyone's training part); user 1 never sees item 9 at all
+    frame = pd.DataFrame({"user_id": [0, 0, 0, 0, 1, 1, 1, 1], "item_id": [1, 2, 3, 9, 2, 3, 1, 2],
+                          "timestamp": [1, 2, 3, 4, 1, 2, 3, 4]})
+    with caplog.at_level(logging.INFO, logger="recdistill.data"):
+        split = build_sequential_split(Interactions("cold", frame))
+    assert split.cold_targets("test") == 1 and split.cold_targets("valid") == 0
+    assert split.summary()["cold_test_targets"] == 1
+    assert any("never seen in training" in r.getMessage() for r in caplog.records)
