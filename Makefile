@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+SEEDS  ?= 0 1 2
 
 .PHONY: setup quickstart test bench clean
 
@@ -22,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/recdistill bench students --output-dir benchmarks/results --seeds 0 1 2
+	$(BIN)/recdistill bench students --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -62,7 +62,8 @@ def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.benchmarks.students import run_student_benchmark
 
-    run_student_benchmark(args.output_dir, students=args.students, seeds=args.seeds, overrides=rest)
+    run_student_benchmark(args.output_dir, students=args.students, seeds=args.seeds, overrides=rest,
+                          readme=args.update_readme)
     return 0
 
 
@@ -107,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
+    bench.add_argument("--update-readme", metavar="README", default=None,
+                       help="also replace the results table between the bench markers of this README")
     bench.set_defaults(handler=_bench)
 
     quick = commands.add_parser("quickstart", help="the quickstart recipe end to end on MovieLens-100K + SmolLM2")

@@ -23,7 +23,8 @@ CTR = ["deepfm", "dcnv2", "din"]
 
 
 def run_student_benchmark(output_dir: str | Path, students: list[str] | None = None,
-                          seeds: list[int] | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+                          seeds: list[int] | None = None, overrides: list[str] | None = None,
+                          readme: str | Path | None = None) -> dict[str, Any]:
     from recdistill.baselines import most_popular_metrics
     from recdistill.data import SequentialDataModule
     from recdistill.student.fit import fit_student
@@ -43,8 +44,26 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
     popular = {split: most_popular_metrics(datamodule, split) for split in ("valid", "test")}
     payload = _payload(runs, seeds, started, popular)
     write_json(output_dir / "students.json", payload)
-    write_text(output_dir / "students.md", render_markdown(payload))
+    markdown = render_markdown(payload)
+    write_text(output_dir / "students.md", markdown)
+    if readme is not None:
+        update_readme(readme, markdown)
     return payload
+
+
+README_START = "<!-- bench:students:start -->"
+README_END = "<!-- bench:students:end -->"
+
+
+def update_readme(readme: str | Path, markdown: str) -> None:
+    """Replace the table between the bench markers of ``readme`` with ``markdown``."""
+    path = Path(readme)
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} has no {README_START} ... {README_END} block to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    write_text(path, f"{head}{README_START}\n{markdown}{README_END}{tail}")
 
 
 def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,

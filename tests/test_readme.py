@@ -41,3 +41,13 @@ def test_readme_recipes_exist():
 
     for name in set(re.findall(r"`((?:ml100k|quickstart)_[a-z0-9_]+)`", README)):
         assert name in available_recipes(), name
+
+
+def test_bench_table_update_replaces_only_the_marked_block(tmp_path):
+    from recdistill.benchmarks.students import README_END, README_START, update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\noutro\n")
+    update_readme(readme, "| new |\n")
+    assert readme.read_text() == f"intro\n{README_START}\n| new |\n{README_END}\noutro\n"
+    assert README_START in README and README_END in README  # the real README has the block
