@@ -104,3 +104,19 @@ def test_data_info_json(capsys, csv_dataset):
 def test_missing_dataset_path_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="does-not-exist"):
         main(["data", "info", str(tmp_path / "does-not-exist.csv")])
+
+
+def test_ctr_student_fit_writes_ctr_metrics(tmp_path, csv_dataset):
+    recipe = yaml.safe_load(Path(__file__).parents[1].joinpath("recipes/ml100k_deepfm.yaml").read_text())
+    recipe["data"].update(dataset=str(csv_dataset), batch_size=128,
+                          column_map={"user": "uid", "item": "iid", "timestamp": "ts", "rating": "rating"})
+    recipe["model"]["student"]["init_args"].update(embed_dim=8)
+    recipe["trainer"].update(max_epochs=2, enable_progress_bar=False)
+    path = tmp_path / "deepfm.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    main(["student", "fit", "--config", str(path), "--output-dir", str(out)])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "ctr" and metrics["selected_on"] == "valid/auc"
+    assert 0.0 <= metrics["test"]["auc"] <= 1.0 and metrics["test"]["logloss"] > 0
+    assert load_student(out / "student").registry_name == "deepfm"
