@@ -1,7 +1,8 @@
 """``recdistill bench students``: train every student on MovieLens-100K, write JSON + Markdown.
 
 Reproduce the README table with ``make bench`` (seeds 0 1 2). Each row is a median over seeds;
-the JSON keeps every run. Protocol: leave-one-out by time, full ranking, earlier items masked,
+the JSON keeps every run. Runs whose recipe and arguments are unchanged are reused, so an
+interrupted benchmark continues where it stopped. Protocol: leave-one-out by time, full ranking, earlier items masked,
 model selected on validation NDCG@10 (AUC for CTR).
 """
 
@@ -17,6 +18,8 @@ from typing import Any
 import torch
 
 from recdistill.atomic import write_json, write_text
+from recdistill.pipeline import run_stage
+from recdistill.recipes import recipe_path
 
 SEQUENTIAL = ["sasrec", "gru4rec", "caser", "bert4rec"]
 CTR = ["deepfm", "dcnv2", "din"]
@@ -37,7 +40,10 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
     for name in names:
         for seed in seeds:
             run_dir = output_dir / "runs" / f"{name}-seed{seed}"
-            metrics = fit_student(f"ml100k_{name}", run_dir, [f"--seed_everything={seed}", *(overrides or [])])
+            args = [f"--seed_everything={seed}", *(overrides or [])]
+            inputs = {"recipe": recipe_path(f"ml100k_{name}").read_text(), "args": args}
+            metrics = run_stage(f"{name}-seed{seed}", run_dir, inputs,
+                                lambda d, name=name, args=args: fit_student(f"ml100k_{name}", d, args))
             runs.append({"student": name, "seed": seed, **metrics})
             write_json(output_dir / "students.json", _payload(runs, seeds, started))
     datamodule = SequentialDataModule(dataset="movielens-100k")

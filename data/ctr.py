@@ -1,8 +1,10 @@
 """CTR task on the same split: features, labels and a vectorised torch dataset.
 
-Every event of a user is one example, ``label = rating >= threshold``. Split (per user, in the
-same stable chronological order as the sequential task): last event -> test, second-to-last ->
-valid, all earlier events -> train. ``history`` holds the user's previous ``history_len`` items
+Every event of a user is one example, ``label = rating >= threshold``. Split per user, in the
+same stable chronological order as the sequential task: the last ``test_fraction`` of a user's
+events (at least one) -> test, the ``valid_fraction`` before them (at least one) -> valid, all
+earlier events -> train; so every user has several impressions in valid/test and GAUC is
+defined, and nothing a user did later ever reaches training. ``history`` holds the user's previous ``history_len`` items
 before the event in that order (events sharing a timestamp count as earlier only if they come
 first in the file), never the event itself or later ones. Example ids follow the sequential
 convention ``user * EXAMPLE_STRIDE + pos``.
@@ -100,8 +102,11 @@ class CTRExamples:
         return len(self.user)
 
 
-def ctr_examples(split: SequentialSplit, rating_threshold: float = 4.0) -> dict[str, CTRExamples]:
+def ctr_examples(split: SequentialSplit, rating_threshold: float = 4.0, valid_fraction: float = 0.1,
+                 test_fraction: float = 0.1) -> dict[str, CTRExamples]:
     """Every event as an example, assigned to train/valid/test by its position from the end."""
+    if not (0 < valid_fraction < 0.5 and 0 < test_fraction < 0.5):
+        raise ValueError(f"valid_fraction and test_fraction must be in (0, 0.5), got {valid_fraction}, {test_fraction}")
     if split.ratings is None:
         raise ValueError(f"dataset {split.name!r} has no ratings, which the CTR task needs for labels; "
                          f"load it with a rating column (e.g. column_map={{'rating': '<column>'}})")
@@ -114,15 +119,21 @@ def ctr_examples(split: SequentialSplit, rating_threshold: float = 4.0) -> dict[
         raise ValueError(f"dataset {split.name!r} has {int(np.isnan(ratings).sum())} events without a rating; "
                          f"the CTR task needs a rating for every event (drop or fill them before loading)")
     labels = (ratings >= rating_threshold).astype(np.float32)
+    num_test = np.repeat(np.maximum(1, np.round(lengths * test_fraction)).astype(np.int64), lengths)
+    num_valid = np.repeat(np.maximum(1, np.round(lengths * valid_fraction)).astype(np.int64), lengths)
+    is_test = from_end <= num_test
+    is_valid = ~is_test & (from_end <= num_test + num_valid)
     out = {}
-    for name, mask in (("train", from_end > 2), ("valid", from_end == 2), ("test", from_end == 1)):
+    for name, mask in (("train", ~is_test & ~is_valid), ("valid", is_valid), ("test", is_test)):
         out[name] = CTRExamples(users[mask], pos[mask], labels[mask])
     return out
 
 
-def ctr_summary(split: SequentialSplit, rating_threshold: float = 4.0) -> dict:
-    ex = ctr_examples(split, rating_threshold)
-    info: dict = {"rating_threshold": rating_threshold}
+def ctr_summary(split: SequentialSplit, rating_threshold: float = 4.0, valid_fraction: float = 0.1,
+                test_fraction: float = 0.1) -> dict:
+    ex = ctr_examples(split, rating_threshold, valid_fraction, test_fraction)
+    info: dict = {"rating_threshold": rating_threshold, "valid_fraction": valid_fraction,
+                  "test_fraction": test_fraction}
     for name, e in ex.items():
         info[f"num_{name}"] = len(e)
         info[f"positive_rate_{name}"] = float(e.label.mean()) if len(e) else 0.0

@@ -177,6 +177,8 @@ class CTRDataModule(_SplitDataModule):
         data_format: str | None = None,
         column_map: dict[str, str] | None = None,
         rating_threshold: float = 4.0,
+        valid_fraction: float = 0.1,
+        test_fraction: float = 0.1,
         history_len: int = 20,
         batch_size: int = 1024,
         eval_batch_size: int = 4096,
@@ -194,7 +196,8 @@ class CTRDataModule(_SplitDataModule):
         self.min_interactions, self.num_workers, self.seed = min_interactions, num_workers, seed
         self.split = self._load(dataset, data_format, column_map, min_interactions)
         self.features = build_ctr_features(self.split)
-        self.examples = ctr_examples(self.split, rating_threshold)
+        self.valid_fraction, self.test_fraction = valid_fraction, test_fraction
+        self.examples = ctr_examples(self.split, rating_threshold, valid_fraction, test_fraction)
         self._datasets: dict[str, CTRDataset] = {}
 
     @property

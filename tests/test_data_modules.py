@@ -206,3 +206,21 @@ def test_constructor_signatures_work_with_jsonargparse(tmp_path):
     init = parser.instantiate_classes(cfg)
     assert init.data.max_len == 7 and init.data.num_users == 12 and init.data.column_map == {"user": "user_id"}
     assert init.ctr.rating_threshold == 3 and init.ctr.num_items == init.data.num_items
+
+
+def test_ctr_split_takes_the_last_fractions_of_each_user_in_time_order():
+    import numpy as np
+
+    from recdistill.data import build_sequential_split, synthetic_interactions
+    from recdistill.data.ctr import ctr_examples
+
+    split = build_sequential_split(synthetic_interactions(num_users=30, num_items=20, mean_length=25, seed=4))
+    parts = ctr_examples(split, valid_fraction=0.2, test_fraction=0.1)
+    for user, seq in enumerate(split.sequences):
+        n = len(seq)
+        n_test, n_valid = max(1, round(0.1 * n)), max(1, round(0.2 * n))
+        got = {name: sorted(part.pos[part.user == user].tolist()) for name, part in parts.items()}
+        assert got["test"] == list(range(n - n_test, n))
+        assert got["valid"] == list(range(n - n_test - n_valid, n - n_test))
+        assert got["train"] == list(range(0, n - n_test - n_valid))
+    assert np.all([len(p) for p in parts.values()])

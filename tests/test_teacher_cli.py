@@ -1,0 +1,56 @@
+"""`recdistill teacher fit|emit|eval` end to end on a CSV dataset and a tiny local llama."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from recdistill.teacher.cache_reader import TeacherSignals
+from recdistill.teacher.cli import run_teacher_command
+from recdistill.teacher.testing import make_tiny_llama
+
+
+def test_teacher_cli_fit_eval_emit(tmp_path, monkeypatch):
+    from recdistill.data import load_split, synthetic_interactions
+
+    monkeypatch.setenv("RECDISTILL_CACHE", str(tmp_path / "cache"))
+    inter = synthetic_interactions(40, 20, mean_length=12, seed=5).interactions
+    csv = tmp_path / "events.csv"
+    inter[["user_id", "item_id", "timestamp"]].to_csv(csv, index=False)
+    split = load_split(str(csv))
+    tiny = make_tiny_llama(tmp_path / "tiny", texts=split.item_text, num_layers=2)
+    recipe = {
+        "seed_everything": 0,
+        "data": {"dataset": str(csv), "max_len": 8, "batch_size": 8, "eval_batch_size": 16},
+        "model": {"base_model": str(tiny), "num_layers": 2, "lr": 0.005, "progress": False},
+        "trainer": {"max_epochs": 2, "accelerator": "cpu", "enable_progress_bar": False,
+                    "enable_model_summary": False},
+        "emit": {"k": 5, "layers": [1], "shard_size": 100},
+        "eval": {"latency_users": 5},
+    }
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run" / "teacher"
+    assert run_teacher_command("fit", cfg, out) == 0
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "config.yaml").is_file()
+    fit = json.loads((out / "fit.json").read_text())
+    assert len(fit["history"]) == 2 and fit["dataset_fingerprint"] == split.fingerprint
+    assert run_teacher_command("eval", cfg, out) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"valid", "test", "latency", "long_tail"} <= set(metrics)
+    assert metrics["valid"]["ndcg@10"] == pytest.approx(fit["best_score"], abs=1e-6)
+    assert run_teacher_command("emit", cfg, out, ["--emit.train_every", "2"]) == 0
+    reader = TeacherSignals(out / "signals", split=split)
+    assert reader.k == 5 and reader.layers == [1]
+    assert np.array_equal(reader.example_ids("test"), split.example_ids("test"))
+    assert len(reader.example_ids("train")) < len(split.example_ids("train"))
+    # a changed setting on an existing cache is refused, with the rebuild hint
+    from recdistill.teacher.signals import CacheMismatchError
+
+    with pytest.raises(CacheMismatchError, match="overwrite"):
+        run_teacher_command("emit", cfg, out, ["--emit.k", "3"])
+    assert run_teacher_command("emit", cfg, out, ["--emit.k", "3", "--emit.overwrite", "true"]) == 0
+    assert TeacherSignals(out / "signals").k == 3

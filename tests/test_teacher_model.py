@@ -1,0 +1,168 @@
+"""Teacher model: loading, item-text embeddings, HLLM fit on planted data, save/load, evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import lightning as L
+import pytest
+import torch
+
+from recdistill.data import SequentialDataModule
+from recdistill.teacher.hllm import HLLMTeacher, load_teacher
+from recdistill.teacher.item_encoder import encode_item_texts
+from recdistill.teacher.loading import load_base_model
+from recdistill.teacher.testing import make_tiny_llama, planted_split
+
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+@pytest.fixture(scope="module")
+def split():
+    return planted_split(num_users=80, num_items=30, mean_length=16, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, split):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), texts=split.item_text, num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("emb-cache")
+
+
+def _trainer(epochs: int) -> L.Trainer:
+    return L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+
+
+def _teacher(split, tiny, cache_dir, **kw) -> HLLMTeacher:
+    args = dict(num_items=split.num_items, item_text=split.item_text, base_model=str(tiny), num_layers=2,
+                lr=5e-3, dropout=0.0, embedding_cache_dir=str(cache_dir), progress=False)
+    args.update(kw)
+    return HLLMTeacher(**args)
+
+
+def test_load_local_folder_and_truncate(tiny):
+    model, tok, ref = load_base_model(str(tiny), num_layers=2)
+    assert ref.kind == "folder" and ref.model_type == "llama"
+    assert ref.num_hidden_layers == 3 and ref.hidden_size == 32  # the full model, recorded
+    assert len(model.model.layers) == 2 and model.config.num_hidden_layers == 2
+    assert ref.weights_sha256 and len(ref.weights_sha256) == 64
+    assert tok is not None and tok.encode("item 1", add_special_tokens=False)
+    out = model.model(inputs_embeds=torch.randn(2, 5, 32), output_hidden_states=True)
+    assert len(out.hidden_states) == 3 and torch.isfinite(out.last_hidden_state).all()
+    with pytest.raises(ValueError, match="num_layers"):
+        load_base_model(str(tiny), num_layers=7)
+    with pytest.raises(FileNotFoundError):
+        load_base_model(str(tiny / "missing.gguf"))
+
+
+def test_item_embeddings_cached(tiny, split, tmp_path):
+    model, tok, ref = load_base_model(str(tiny))
+    emb = encode_item_texts(model, tok, split.item_text, ref=ref, cache_dir=tmp_path, progress=False, batch_size=7)
+    assert emb.shape == (split.num_items, 32)
+    assert torch.allclose(emb.mean(0), torch.zeros(32), atol=1e-4)  # standardised
+    files = list(tmp_path.glob("*.safetensors"))
+    assert len(files) == 1
+    again = encode_item_texts(model, tok, split.item_text, ref=ref, cache_dir=tmp_path, progress=False)
+    assert torch.equal(emb, again)
+    # batch composition does not change the pooled embeddings (right padding, causal model)
+    single = encode_item_texts(model, tok, split.item_text, ref=ref, use_cache=False, progress=False, batch_size=1)
+    assert torch.allclose(emb, single, atol=1e-4)
+    other = encode_item_texts(model, tok, split.item_text[:-1] + ["something else"], ref=ref, cache_dir=tmp_path,
+                              progress=False)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 2 and not torch.equal(emb, other)
+
+
+def test_padding_invariance(split, tiny, cache_dir):
+    """A sequence's logits do not depend on how much left padding it gets."""
+    teacher = _teacher(split, tiny, cache_dir).eval()
+    seq = torch.tensor([[3, 7, 9, 4]])
+    padded = torch.tensor([[0, 0, 0, 3, 7, 9, 4]])
+    with torch.no_grad():
+        a, b = teacher(seq), teacher(padded)
+    assert torch.allclose(a, b, atol=1e-5)
+    assert a[0, 0] == -math.inf and torch.isfinite(a[0, 1:]).all()
+
+
+def test_fit_reduces_loss_beats_random_and_roundtrips(split, tiny, cache_dir, tmp_path):
+    from recdistill.teacher.evaluate import evaluate_teacher
+    from recdistill.teacher.fit import fit_teacher
+
+    torch.manual_seed(0)
+    dm = SequentialDataModule.from_split(split, max_len=12, batch_size=16, eval_batch_size=64)
+    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", weight_decay=0.01)
+    batch = next(iter(dm.dataloader("train")))
+    teacher.eval()
+    with torch.no_grad():
+        loss0 = teacher.loss(batch).item()
+    before = evaluate_teacher(teacher, dm, latency=False)["valid"]["ndcg@10"]
+
+    path = fit_teacher(teacher, dm, _trainer(10), tmp_path / "teacher")
+    with torch.no_grad():
+        loss1 = teacher.loss(batch).item()
+    assert loss1 < loss0 - 0.5, (loss0, loss1)
+    fit = json.loads((tmp_path / "teacher" / "fit.json").read_text())
+    assert fit["best_epoch"] is not None and len(fit["history"]) == 10
+
+    metrics = evaluate_teacher(teacher, dm, tmp_path / "eval", latency_users=20)
+    # random full ranking over 30 items (history masked) gives NDCG@10 well below 0.3
+    assert metrics["valid"]["ndcg@10"] > 0.5 and metrics["test"]["ndcg@10"] > 0.5
+    assert metrics["valid"]["ndcg@10"] > before + 0.2
+    assert metrics["valid"]["ndcg@10"] == pytest.approx(fit["best_score"], abs=1e-6)
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert set(written) >= {"valid", "test", "num_parameters", "trainable_parameters", "latency", "long_tail"}
+    assert set(written["latency"]) >= {"p50_ms", "p99_ms", "sequences_per_second", "threads"}
+    assert 0 < written["trainable_parameters"] < written["num_parameters"]
+
+    # checkpoint = peft adapter (save_pretrained format) + head + teacher.json
+    assert {p.name for p in path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",
+                                                 "head.safetensors", "teacher.json"}
+    meta = json.loads((path / "teacher.json").read_text())
+    assert meta["dataset_fingerprint"] == split.fingerprint
+    assert meta["base_model"]["weights_sha256"] == teacher.base_ref.weights_sha256
+    reloaded = load_teacher(path)
+    x = next(iter(dm.dataloader("test")))["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(teacher(x), reloaded(x))
+    assert reloaded.trained_state_hash() == teacher.trained_state_hash()
+
+
+def test_adapter_is_saved_in_peft_format(split, tiny, cache_dir, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    teacher = _teacher(split, tiny, cache_dir)
+    with torch.no_grad():  # make the adapter non-trivial
+        for name, p in teacher.backbone.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    path = teacher.save_pretrained(tmp_path / "ckpt")
+    base = AutoModelForCausalLM.from_pretrained(str(tiny)).model
+    base.layers = base.layers[:2]
+    base.config.num_hidden_layers = 2
+    peft_model = PeftModel.from_pretrained(base, str(path)).eval()
+    x = torch.randn(1, 4, 32)
+    teacher.eval()
+    with torch.no_grad():
+        ours = teacher.backbone(inputs_embeds=x).last_hidden_state
+        theirs = peft_model(inputs_embeds=x).last_hidden_state
+    assert torch.allclose(ours, theirs, atol=1e-6)
+
+
+def test_item_table_modes_and_frozen_base(split, tiny, cache_dir):
+    for mode in ("trainable", "fusion", "frozen"):
+        teacher = _teacher(split, tiny, cache_dir, item_table=mode)
+        trainable = {n for n, p in teacher.named_parameters() if p.requires_grad}
+        assert all("lora_" in n for n in trainable if n.startswith("backbone."))
+        assert any("lora_A" in n for n in trainable)
+        assert ("item_emb.weight" in trainable) == (mode == "trainable")
+        assert ("item_residual.weight" in trainable) == (mode == "fusion")
+    with pytest.raises(ValueError, match="item_table"):
+        _teacher(split, tiny, cache_dir, item_table="nope")
+    with pytest.raises(ValueError, match="num_items"):
+        _teacher(split, tiny, cache_dir, num_items=split.num_items + 1)
