@@ -5,6 +5,7 @@ Public API (resolved lazily so ``import recdistill.teacher`` stays cheap):
 - ``load_base_model``, ``BaseModelRef``, ``truncate_layers``   (teacher.loading)
 - ``encode_item_texts``                                        (teacher.item_encoder)
 - ``HLLMTeacher``, ``load_teacher``                            (teacher.hllm)
+- ``TextPromptTeacher``                                        (teacher.text_prompt)
 - ``fit_teacher``                                              (teacher.fit)
 - ``emit_signals``, ``CacheMismatchError``                     (teacher.signals)
 - ``TeacherSignals``                                           (teacher.cache_reader)
@@ -24,6 +25,7 @@ _LAZY: dict[str, str] = {
     "encode_item_texts": "recdistill.teacher.item_encoder",
     "HLLMTeacher": "recdistill.teacher.hllm",
     "load_teacher": "recdistill.teacher.hllm",
+    "TextPromptTeacher": "recdistill.teacher.text_prompt",
     "fit_teacher": "recdistill.teacher.fit",
     "emit_signals": "recdistill.teacher.signals",
     "CacheMismatchError": "recdistill.teacher.signals",

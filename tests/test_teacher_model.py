@@ -118,6 +118,7 @@ def test_fit_reduces_loss_beats_random_and_roundtrips(split, tiny, cache_dir, tm
     assert set(written) >= {"valid", "test", "num_parameters", "trainable_parameters", "latency", "long_tail"}
     assert set(written["latency"]) >= {"p50_ms", "p99_ms", "sequences_per_second", "threads"}
     assert 0 < written["trainable_parameters"] < written["num_parameters"]
+    assert written["untuned_llm"]["test"]["ndcg@10"] < written["test"]["ndcg@10"]  # fusion keeps the text table
 
     # checkpoint = peft adapter (save_pretrained format) + head + teacher.json
     assert {p.name for p in path.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors",

@@ -1,0 +1,157 @@
+"""Evaluate a teacher exactly like a student: full ranking, seen items masked, same metric keys.
+
+``metrics.json`` = ``{"valid": {...}, "test": {...}, "long_tail": {"threshold", "valid": {...},
+"test": {...}}, "num_parameters", "trainable_parameters", "latency": {"p50_ms", "p99_ms",
+"sequences_per_second", "threads", ...}, "protocol": "...", "untuned_llm": {...}}``.
+``untuned_llm`` (teachers with a frozen text table) is a zero-shot baseline from the untuned
+LLM's item-text embeddings, to show what fine-tuning adds. Long-tail metrics are over the
+examples whose target item has at most ``long_tail_threshold`` training interactions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recdistill.metrics import RankingAccumulator, ranking_metrics_from_ranks
+from recdistill.teacher.signals import atomic_write_json
+
+
+@torch.no_grad()
+def _rank_split(module, loader, ks: Sequence[int], mask_seen: bool) -> RankingAccumulator:
+    acc = RankingAccumulator(ks=ks)
+    device = next(module.parameters()).device
+    for batch in loader:
+        scores = module(batch["input_ids"].to(device))
+        acc.update(scores, batch["target"].to(device), batch["history"].to(device), mask_seen=mask_seen)
+    return acc
+
+
+@torch.no_grad()
+def measure_latency(module, loader, *, num_users: int = 200, warmup: int = 5, min_seconds: float = 1.0,
+                    max_batches: int = 8) -> dict[str, Any]:
+    """Per-user latency (batch of 1, p50/p99 over ``num_users`` users after ``warmup``) and the
+    batched throughput in sequences per second over up to ``max_batches`` loader batches."""
+    device = next(module.parameters()).device
+    rows: list[torch.Tensor] = []
+    for batch in loader:
+        rows.extend(batch["input_ids"].split(1))
+        if len(rows) >= num_users + warmup:
+            break
+    if not rows:
+        raise ValueError("no sequences to time")
+    times: list[float] = []
+    for i, x in enumerate(rows[: warmup + num_users]):
+        x = x.to(device)
+        start = time.perf_counter()
+        module(x)
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+    if not times:  # fewer users than warm-up iterations: time them again
+        for x in rows:
+            start = time.perf_counter()
+            module(x.to(device))
+            times.append(time.perf_counter() - start)
+    seqs, total, n_batches = 0, 0.0, 0
+    while n_batches == 0 or total < min_seconds:
+        for batch in loader:
+            x = batch["input_ids"].to(device)
+            start = time.perf_counter()
+            module(x)
+            total += time.perf_counter() - start
+            seqs += x.shape[0]
+            n_batches += 1
+            if n_batches >= max_batches:
+                break
+        if n_batches >= max_batches:
+            break
+    ms = np.asarray(times) * 1000.0
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "mean_ms": float(ms.mean()),
+        "num_timed": int(len(ms)),
+        "sequences_per_second": float(seqs / total) if total > 0 else float("nan"),
+        "throughput_batch_size": int(getattr(loader, "batch_size", 0) or 0),
+        "threads": int(torch.get_num_threads()),
+        "device": str(device),
+    }
+
+
+@torch.no_grad()
+def evaluate_untuned_llm(item_text_embeddings: torch.Tensor, datamodule: Any, *, splits: Sequence[str] = ("valid", "test"),
+                         ks: Sequence[int] = (5, 10, 20), last_n: int = 5, mask_seen: bool = True) -> dict[str, Any]:
+    """Zero-shot baseline with the untuned LLM: score = cosine(mean of the last ``last_n`` history
+    items' text embeddings, item text embedding). ``item_text_embeddings`` is ``[N + 1, d]`` (row 0
+    = padding) or ``[N, d]``."""
+    emb = item_text_embeddings.float().cpu()
+    if emb.shape[0] == datamodule.split.num_items:
+        emb = torch.cat([torch.zeros(1, emb.shape[1]), emb], 0)
+    items = torch.nn.functional.normalize(emb, dim=-1)
+    out: dict[str, Any] = {"method": f"cosine(mean text embedding of the last {last_n} items, item text embedding)"}
+    for which in splits:
+        acc = RankingAccumulator(ks=ks)
+        for batch in datamodule.dataloader(which):
+            recent = batch["input_ids"][:, -last_n:]
+            user = (emb[recent] * (recent > 0).unsqueeze(-1)).sum(1)
+            scores = torch.nn.functional.normalize(user, dim=-1) @ items.t()
+            acc.update(scores, batch["target"], batch["history"], mask_seen=mask_seen)
+        out[which] = acc.compute()
+    return out
+
+
+def evaluate_teacher(
+    module_or_dir: Any,
+    datamodule: Any,
+    output_dir: str | Path | None = None,
+    *,
+    splits: Sequence[str] = ("valid", "test"),
+    ks: Sequence[int] = (5, 10, 20),
+    mask_seen: bool = True,
+    long_tail_threshold: int = 10,
+    latency: bool = True,
+    latency_users: int = 200,
+) -> dict[str, Any]:
+    """Metrics of a teacher (module or checkpoint folder) on ``splits``; writes
+    ``output_dir/metrics.json`` when ``output_dir`` is given. Returns the metrics dict."""
+    from recdistill.teacher.hllm import load_teacher
+
+    module = load_teacher(module_or_dir) if isinstance(module_or_dir, (str, Path)) else module_or_dir
+    module.eval()
+    split = datamodule.split
+    counts = torch.from_numpy(split.item_train_counts())
+    result: dict[str, Any] = {}
+    long_tail: dict[str, Any] = {"threshold": int(long_tail_threshold),
+                                 "definition": "target item has <= threshold training interactions"}
+    for which in splits:
+        acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
+        result[which] = acc.compute()
+        ranks, targets = acc.ranks(), acc.targets()
+        tail = counts[targets] <= long_tail_threshold
+        entry: dict[str, Any] = {"num_examples": int(tail.sum())}
+        if bool(tail.any()):
+            entry.update(ranking_metrics_from_ranks(ranks[tail], ks))
+        long_tail[which] = entry
+    result["long_tail"] = long_tail
+    text_emb = getattr(module, "item_text_emb", None)  # frozen LLM item embeddings (fusion / frozen tables)
+    if text_emb is not None:
+        result["untuned_llm"] = evaluate_untuned_llm(text_emb, datamodule, splits=splits, ks=ks, mask_seen=mask_seen)
+    result["num_parameters"] = int(sum(p.numel() for p in module.parameters()))
+    result["trainable_parameters"] = int(sum(p.numel() for p in module.parameters() if p.requires_grad))
+    result["protocol"] = "full ranking, leave-one-out, " + ("seen items masked" if mask_seen else "seen items not masked")
+    if latency:
+        result["latency"] = measure_latency(module, datamodule.dataloader("test"), num_users=latency_users)
+    result["dataset_fingerprint"] = split.fingerprint
+    ref = getattr(module, "base_ref", None)
+    if ref is not None:
+        result["base_model"] = ref.to_dict()
+    if output_dir is not None:
+        atomic_write_json(Path(output_dir) / "metrics.json", result)
+    return result

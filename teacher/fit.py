@@ -1,0 +1,81 @@
+"""``fit_teacher``: train a teacher in Lightning, keep the best validation epoch, save only what
+was trained (adapter + head) with the base-model reference and the dataset fingerprint."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from recdistill.teacher.hllm import copy_trainable_state, restore_trainable_state
+from recdistill.teacher.signals import atomic_write_json
+
+
+class BestTrainableState(L.Callback):
+    """Keep an in-memory copy of the trainable weights at the best ``monitor`` value (higher is
+    better); never writes the frozen base model to disk (unlike ``ModelCheckpoint``)."""
+
+    def __init__(self, monitor: str = "valid/ndcg@10") -> None:
+        self.monitor = monitor
+        self.best_score: float | None = None
+        self.best_epoch: int | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, Any]] = []
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("valid/", "train/"))}
+        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **metrics})
+        score = metrics.get(self.monitor)
+        if score is None:
+            return
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_epoch = score, trainer.current_epoch
+            self.state = copy_trainable_state(pl_module)
+
+
+def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, output_dir: str | Path,
+                *, monitor: str = "valid/ndcg@10", restore_best: bool = True) -> Path:
+    """Fit ``module`` on ``datamodule``; save the best-validation teacher to ``output_dir/adapter``.
+
+    Returns the checkpoint folder (load it with ``HLLMTeacher.from_pretrained`` or
+    ``recdistill.teacher.load_teacher``). ``output_dir/fit.json`` records the validation history.
+    """
+    output_dir = Path(output_dir)
+    fingerprint = getattr(datamodule, "fingerprint", None)
+    current = getattr(module, "dataset_fingerprint", None)
+    if current is not None and fingerprint is not None and current != fingerprint:
+        raise ValueError(f"teacher was configured for dataset fingerprint {current} but the data is {fingerprint}")
+    if fingerprint is not None:
+        module.dataset_fingerprint = fingerprint
+    best = BestTrainableState(monitor)
+    trainer.callbacks.append(best)
+    module.train()
+    start = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        trainer.callbacks.remove(best)
+    seconds = time.perf_counter() - start
+    if restore_best and best.state is not None:
+        restore_trainable_state(module, best.state)
+    module.eval()
+    path = module.save_pretrained(output_dir / "adapter")
+    atomic_write_json(output_dir / "fit.json", {
+        "monitor": monitor,
+        "best_epoch": best.best_epoch,
+        "best_score": best.best_score,
+        "restored_best": bool(restore_best and best.state is not None),
+        "epochs_run": trainer.current_epoch,
+        "fit_seconds": seconds,
+        "history": best.history,
+        "dataset_fingerprint": module.dataset_fingerprint,
+        "base_model": module.base_ref.to_dict(),
+        "checkpoint": str(path),
+    })
+    return path

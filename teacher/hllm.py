@@ -1,0 +1,488 @@
+"""HLLM-style recommender teacher (Chen et al. 2024) on the first layers of a causal LLM.
+
+item text --(base LLM, once, cached)--> item embedding [N, d_item]
+item table (trainable | content+ID fusion | frozen) --> linear in --> rescale to the RMS of the
+LLM's token embeddings --> first ``num_layers`` decoder layers via ``inputs_embeds`` (base frozen,
+LoRA on q/k/v/o through peft) --> final norm --> linear out = user state [B, L, d_item]
+logits = learnable scale x cosine(user state, item table) over items 1..N (column 0 = padding,
+always ``-inf``). Training: full-softmax cross-entropy at every position in one forward pass.
+
+Checkpoint (``save_pretrained``): peft adapter in ``save_pretrained`` format + head/table weights
+(``head.safetensors``) + ``teacher.json`` (init args, base-model reference, dataset
+fingerprint); the frozen base is reloaded from its source by ``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from recdistill.teacher.loading import BaseModelRef, load_base_model
+
+ITEM_TABLE_MODES = ("trainable", "fusion", "frozen")
+FORMAT_VERSION = 1
+
+
+def _state_hash(tensors: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def atomic_write_dir(final: Path, fill) -> Path:
+    """Create ``final`` atomically: ``fill(tmp_dir)`` then rename (replacing an old ``final``)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
+    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
+    try:
+        fill(tmp)
+        for child in tmp.rglob("*"):  # some writers create 0600 files
+            os.chmod(child, 0o755 if child.is_dir() else 0o644)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
+            os.replace(final, old / "x")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+class HLLMTeacher(L.LightningModule):
+    """LoRA-tuned LLM layers over item-text embeddings; next-item logits over the catalogue.
+
+    Args:
+        num_items: catalogue size N (items are 1..N, 0 = padding).
+        item_text: one text per item (index i <-> item i + 1); embedded once by the full base
+            LLM (cached on disk). Not needed when ``item_embeddings`` is given.
+        item_embeddings: precomputed ``Float[N, d]`` tensor, or a path to a ``.safetensors``
+            (key ``item_text_embeddings``) / ``.npy`` / ``.pt`` file.
+        base_model: asset name, ``.gguf`` path, local HF folder or hub id.
+        num_layers: how many of the base model's first decoder layers to keep.
+        text_encoder_layers: embed item texts with only the first n layers (default: all).
+        item_table: ``"trainable"`` (table initialised from the text embeddings), ``"fusion"``
+            (frozen text embedding + trainable per-item residual, init 0) or ``"frozen"``.
+        lr / item_lr: learning rates (``item_lr`` for the item table; default ``lr``).
+        weight_decay / item_weight_decay: AdamW weight decay (item table default: same).
+        dropout: on the item vectors fed in and on the user state before the output projection.
+        init_scale / learn_scale: cosine-logit temperature (learnable by default).
+        dataset_fingerprint: recorded in checkpoints and signal caches (set by ``fit_teacher``).
+    """
+
+    _needs_tokenizer = False  # subclass hooks (see TextPromptTeacher)
+    _keep_token_embeddings = False
+    _uses_item_inputs = True
+    last_position_only = False  # True: encode() returns only the last position
+
+    def __init__(
+        self,
+        num_items: int,
+        item_text: list[str] | None = None,
+        item_embeddings: Any = None,
+        base_model: str = "smollm2-135m",
+        gguf_file: str | None = None,
+        num_layers: int = 6,
+        lora_r: int = 8,
+        lora_alpha: int = 16,
+        lora_dropout: float = 0.05,
+        lora_targets: list[str] | None = None,
+        item_table: str = "trainable",
+        text_template: str = "Movie: {text}",
+        text_max_length: int = 64,
+        text_batch_size: int = 32,
+        text_encoder_layers: int | None = None,
+        embedding_cache_dir: str | None = None,
+        dropout: float = 0.1,
+        lr: float = 1e-3,
+        item_lr: float | None = None,
+        weight_decay: float = 0.0,
+        item_weight_decay: float | None = None,
+        init_scale: float = 20.0,
+        learn_scale: bool = True,
+        eval_ks: list[int] | None = None,
+        mask_seen: bool = True,
+        dataset_fingerprint: str | None = None,
+        trust_remote_code: bool = False,
+        tokenizer: Any = None,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if item_table not in ITEM_TABLE_MODES:
+            raise ValueError(f"item_table must be one of {ITEM_TABLE_MODES}, got {item_table!r}")
+        if num_items < 1:
+            raise ValueError("num_items must be >= 1")
+        lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
+        eval_ks = list(eval_ks or [5, 10, 20])
+        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer"])
+        self.num_items = num_items
+        self.dataset_fingerprint = dataset_fingerprint
+
+        need_tokenizer = (item_embeddings is None or self._needs_tokenizer) and tokenizer is None
+        model, tok, ref = load_base_model(base_model, gguf_file=gguf_file, trust_remote_code=trust_remote_code,
+                                          load_tokenizer=need_tokenizer)
+        self.base_ref: BaseModelRef = ref
+        tokenizer = tokenizer if tokenizer is not None else tok
+        self._tokenizer = tokenizer  # kept for subclasses; never saved
+
+        text_emb = self._resolve_item_embeddings(item_embeddings, item_text, model, tokenizer, ref)
+        if text_emb.shape[0] != num_items:
+            raise ValueError(f"item embeddings have {text_emb.shape[0]} rows but num_items={num_items}")
+        d_item = int(text_emb.shape[1])
+        self.item_dim = d_item
+
+        from recdistill.teacher.loading import truncate_layers
+
+        truncate_layers(model, num_layers)
+        inner = model.model
+        with torch.no_grad():
+            token_rms = inner.embed_tokens.weight.float().pow(2).mean().sqrt().item()
+        hidden = int(model.config.hidden_size)
+        self.hidden_size = hidden
+        if not self._keep_token_embeddings:
+            # Only inputs_embeds are used: drop the token table and LM head to save memory.
+            inner.embed_tokens = nn.Embedding(1, hidden)
+        for p in inner.parameters():
+            p.requires_grad_(False)
+
+        from peft import LoraConfig, get_peft_model
+
+        self.lora_config = LoraConfig(
+            r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+            target_modules=lora_targets, bias="none",
+        )
+        self.backbone = get_peft_model(inner, self.lora_config)
+        del model
+
+        padded = torch.cat([torch.zeros(1, d_item), text_emb.float()], 0)
+        if item_table == "trainable":
+            self.item_emb = nn.Embedding(num_items + 1, d_item, padding_idx=0)
+            with torch.no_grad():
+                self.item_emb.weight.copy_(padded)
+        else:
+            self.register_buffer("item_text_emb", padded, persistent=True)
+            if item_table == "fusion":
+                self.item_residual = nn.Embedding(num_items + 1, d_item, padding_idx=0)
+                nn.init.zeros_(self.item_residual.weight)
+        if self._uses_item_inputs:
+            self.in_proj = nn.Linear(d_item, hidden)
+        self.out_proj = nn.Linear(hidden, d_item)
+        self.drop = nn.Dropout(dropout)
+        self.register_buffer("token_rms", torch.tensor(float(token_rms)), persistent=True)
+        scale = torch.tensor(math.log(init_scale))
+        if learn_scale:
+            self.log_scale = nn.Parameter(scale)
+        else:
+            self.register_buffer("log_scale", scale, persistent=True)
+        self._val_acc = None
+        self._test_acc = None
+        self.emit_config: dict[str, Any] | None = None  # set by signals.emit_signals
+        self.train()  # the base was loaded in eval mode; Lightning restores per-module modes
+
+    # ------------------------------------------------------------------ construction helpers
+    def _resolve_item_embeddings(self, item_embeddings, item_text, model, tokenizer, ref) -> Tensor:
+        if item_embeddings is not None:
+            if isinstance(item_embeddings, Tensor):
+                return item_embeddings.detach().float().cpu()
+            return load_item_embedding_file(item_embeddings)
+        if item_text is None:
+            raise ValueError("give item_text (to embed with the base LLM) or precomputed item_embeddings")
+        if tokenizer is None:
+            raise ValueError(f"base model {ref.source!r} has no tokenizer; pass tokenizer= or item_embeddings=")
+        from recdistill.teacher.item_encoder import encode_item_texts
+
+        hp = self.hparams
+        if hp.text_encoder_layers is not None:  # cheaper item encoder: the first n layers only
+            from recdistill.teacher.loading import truncate_layers
+
+            truncate_layers(model, max(int(hp.text_encoder_layers), int(hp.num_layers)))
+        return encode_item_texts(
+            model, tokenizer, list(item_text), ref=ref, template=hp.text_template,
+            max_length=hp.text_max_length, batch_size=hp.text_batch_size,
+            cache_dir=hp.embedding_cache_dir, progress=hp.progress,
+        )
+
+    # ------------------------------------------------------------------ model
+    def item_vectors(self) -> Tensor:
+        """The item table used for input and scoring, ``[N + 1, d_item]`` (row 0 = padding)."""
+        mode = self.hparams.item_table
+        if mode == "trainable":
+            return self.item_emb.weight
+        if mode == "fusion":
+            return self.item_text_emb + self.item_residual.weight
+        return self.item_text_emb
+
+    def logit_scale(self) -> Tensor:
+        return self.log_scale.exp()
+
+    def encode(self, input_ids: Tensor, output_hidden_states: bool = False) -> dict[str, Any]:
+        """Run the sequence model. Returns ``user`` [B, L, d_item], ``hidden`` [B, L, H] (after the
+        final norm) and, if asked, ``hidden_states`` (embeddings, block outputs; last = ``hidden``)."""
+        mask = input_ids > 0
+        x = F.embedding(input_ids, self.item_vectors())
+        x = self.in_proj(self.drop(x))
+        rms = x.pow(2).mean(-1, keepdim=True).add(1e-8).sqrt()
+        x = x / rms * self.token_rms
+        x = x * mask.unsqueeze(-1).to(x.dtype)
+        position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
+        out = self.backbone(
+            inputs_embeds=x, attention_mask=mask.long(), position_ids=position_ids,
+            use_cache=False, output_hidden_states=output_hidden_states,
+        )
+        hidden = out.last_hidden_state
+        user = self.out_proj(self.drop(hidden))
+        result = {"user": user, "hidden": hidden}
+        if output_hidden_states:
+            result["hidden_states"] = out.hidden_states
+        return result
+
+    def normalized_items(self) -> Tensor:
+        return F.normalize(self.item_vectors(), dim=-1)
+
+    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Logits of ``user`` [..., d_item] against items ``start..stop-1`` (column index = item)."""
+        items = self.normalized_items()[start:stop]
+        logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
+        if start == 0:
+            logits = logits.clone()
+            logits[..., 0] = -math.inf
+        return logits
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """Next-item logits ``[B, N + 1]`` at the last (predicting) position of left-padded input."""
+        return self.score_items(self.encode(input_ids)["user"][:, -1])
+
+    # ------------------------------------------------------------------ training
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Full-softmax cross-entropy over items at every labelled position (one forward pass)."""
+        labels = batch["labels"]
+        user = self.encode(batch["input_ids"])["user"]
+        sel = labels > 0
+        return F.cross_entropy(self.score_items(user[sel]), labels[sel])
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=int((batch["labels"] > 0).sum()))
+        return loss
+
+    def _accumulator(self):
+        from recdistill.metrics import RankingAccumulator
+
+        return RankingAccumulator(ks=self.hparams.eval_ks or [5, 10, 20])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_acc = self._accumulator()
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scores = self(batch["input_ids"])
+        self._val_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_acc is None or self._val_acc.num_examples == 0:
+            return
+        for key, value in self._val_acc.compute().items():
+            self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_acc = self._accumulator()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scores = self(batch["input_ids"])
+        self._test_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+
+    def on_test_epoch_end(self) -> None:
+        if self._test_acc is None or self._test_acc.num_examples == 0:
+            return
+        for key, value in self._test_acc.compute().items():
+            self.log(f"test/{key}", value, sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        from recdistill.teacher.signals import predict_signals
+
+        if self.emit_config is None:
+            return {"scores": self(batch["input_ids"])}
+        return predict_signals(self, batch, **self.emit_config)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        item_params, decay, no_decay = [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith(("item_emb", "item_residual")):
+                item_params.append(p)
+            elif name == "log_scale" or name.endswith("bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if item_params:
+            groups.append({
+                "params": item_params,
+                "lr": hp.item_lr if hp.item_lr is not None else hp.lr,
+                "weight_decay": hp.item_weight_decay if hp.item_weight_decay is not None else hp.weight_decay,
+            })
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr)
+
+    # ------------------------------------------------------------------ parameters
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        """Everything outside the frozen base and the LoRA adapter (tables, projections, scale)."""
+        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
+                if not k.startswith("backbone.")}
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.backbone).items()}
+
+    def trained_state_hash(self) -> str:
+        """sha256 over adapter + head weights: identifies the trained teacher (signals manifest)."""
+        tensors = {f"adapter.{k}": v for k, v in self.adapter_state_dict().items()}
+        tensors.update({f"head.{k}": v for k, v in self.head_state_dict().items()})
+        return _state_hash(tensors)
+
+    def init_args(self) -> dict[str, Any]:
+        import inspect
+
+        accepted: set[str] = set()
+        for klass in type(self).__mro__:  # a subclass may pass parent args through **kwargs
+            if issubclass(klass, HLLMTeacher):
+                params = inspect.signature(klass.__init__).parameters.values()
+                accepted |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        accepted.discard("self")
+        args = {k: v for k, v in dict(self.hparams).items() if k in accepted}  # drops LightningCLI's extras
+        args.pop("progress", None)
+        args["dataset_fingerprint"] = self.dataset_fingerprint
+        return args
+
+    # ------------------------------------------------------------------ checkpoint
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write adapter + head + teacher.json to ``directory`` atomically; returns it."""
+        args = self.init_args()
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "init_args": args,
+            "item_dim": self.item_dim,
+            "base_model": self.base_ref.to_dict(),
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "trained_state_sha256": self.trained_state_hash(),
+        }
+
+        def fill(tmp: Path) -> None:
+            self.backbone.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+            save_file(self.head_state_dict(), str(tmp / "head.safetensors"), metadata={"format": "pt"})
+            (tmp / "teacher.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+
+        return atomic_write_dir(Path(directory), fill)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, check_base: bool = True, **overrides: Any) -> "HLLMTeacher":
+        """Rebuild a teacher saved by :meth:`save_pretrained`, reloading the base from its source."""
+        from peft import set_peft_model_state_dict
+
+        directory = Path(directory)
+        meta_path = directory / "teacher.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{directory} is not a teacher checkpoint (no teacher.json)")
+        meta = json.loads(meta_path.read_text())
+        args = dict(meta["init_args"])
+        args.update(overrides)
+        args["progress"] = False
+        num_items = int(args["num_items"])
+        module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
+        saved_ref = BaseModelRef.from_dict(meta["base_model"])
+        if check_base and saved_ref.weights_sha256 and module.base_ref.weights_sha256 != saved_ref.weights_sha256:
+            raise ValueError(
+                f"base model {saved_ref.source!r} changed since the teacher was trained: weights sha256 "
+                f"{module.base_ref.weights_sha256} != recorded {saved_ref.weights_sha256}"
+            )
+        adapter = load_file(str(directory / "adapter_model.safetensors"))
+        result = set_peft_model_state_dict(module.backbone, adapter)
+        unexpected = list(getattr(result, "unexpected_keys", []) or [])
+        if unexpected:
+            raise ValueError(f"adapter in {directory} has unexpected keys: {unexpected[:5]}")
+        head = load_file(str(directory / "head.safetensors"))
+        missing, unexpected = module.load_state_dict(head, strict=False)
+        missing = [k for k in missing if not k.startswith("backbone.")]
+        if missing or unexpected:
+            raise ValueError(f"head weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
+        module.dataset_fingerprint = meta.get("dataset_fingerprint")
+        module.eval()
+        return module
+
+
+def load_item_embedding_file(path: str | Path) -> Tensor:
+    """Load ``Float[N, d]`` item embeddings from .safetensors / .npy / .pt (weights_only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = load_file(str(path))
+        for key in ("item_text_embeddings", "item_embeddings", "embeddings"):
+            if key in tensors:
+                return tensors[key].float()
+        if len(tensors) == 1:
+            return next(iter(tensors.values())).float()
+        raise KeyError(f"{path} has no 'item_text_embeddings' tensor (has {sorted(tensors)})")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+    if path.suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, Tensor):
+            raise TypeError(f"{path} does not hold a single tensor")
+        return obj.float()
+    raise ValueError(f"unsupported item embedding file {path} (use .safetensors, .npy or .pt)")
+
+
+def load_teacher(directory: str | Path, **overrides: Any) -> L.LightningModule:
+    """Load any teacher checkpoint by the class recorded in its ``teacher.json``."""
+    import importlib
+
+    meta = json.loads((Path(directory) / "teacher.json").read_text())
+    module_name, _, cls_name = meta["class"].rpartition(".")
+    if not module_name.startswith("recdistill.teacher."):
+        raise ValueError(f"refusing to import teacher class {meta['class']!r} from outside recdistill.teacher")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    return cls.from_pretrained(directory, **overrides)
+
+
+def copy_trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """CPU copy of every trainable parameter (and item buffers) for best-epoch restore."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
+            if not k.startswith("backbone.") or "lora_" in k}
+
+
+def restore_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:
+    module.load_state_dict(copy.copy(state), strict=False)

@@ -1,0 +1,200 @@
+"""Item text -> one embedding per item, computed once with the base LLM and cached on disk.
+
+Pooling: mean of the last hidden layer over the real tokens of each text, then standardised per
+dimension across items. The cache (safetensors) is keyed by the base model reference, the exact
+texts, the template and the encoding settings, so a changed catalogue or model never reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from recdistill.teacher.loading import BaseModelRef
+
+Tokenizer = Any  # a HF tokenizer, or any object with ``encode(text) -> list[int]``, or a callable
+
+
+def text_hash(texts: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        digest.update(len(b).to_bytes(8, "little"))
+        digest.update(b)
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    from recdistill.assets import cache_dir
+
+    return cache_dir() / "item_embeddings"
+
+
+def tokenize_texts(tokenizer: Tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """Token ids per text (no padding), truncated to ``max_length``."""
+    out: list[list[int]] = []
+    for text in texts:
+        if hasattr(tokenizer, "encode"):
+            try:
+                ids = tokenizer.encode(text, add_special_tokens=False)
+            except TypeError:
+                ids = tokenizer.encode(text)
+        elif callable(tokenizer):
+            ids = tokenizer(text)
+        else:
+            raise TypeError("tokenizer must have .encode(text) or be callable(text) -> list[int]")
+        ids = list(ids)[:max_length]
+        if not ids:
+            raise ValueError(f"text {text!r} produced no tokens")
+        out.append([int(i) for i in ids])
+    return out
+
+
+@torch.no_grad()
+def mean_pooled_states(
+    model: nn.Module,
+    token_ids: Sequence[Sequence[int]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "item texts",
+) -> torch.Tensor:
+    """Mean of the last hidden layer over real tokens, one row per text ``[N, hidden]`` (fp32)."""
+    inner = getattr(model, "model", model)
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    device = next(model.parameters()).device
+    result: torch.Tensor | None = None
+    try:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=desc, disable=not progress, unit="item")
+    except ImportError:  # pragma: no cover
+        bar = None
+    was_training = model.training
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        length = max(len(token_ids[i]) for i in idx)
+        ids = torch.zeros(len(idx), length, dtype=torch.long)
+        mask = torch.zeros(len(idx), length, dtype=torch.long)
+        for row, i in enumerate(idx):  # right padding: real tokens are unaffected (causal)
+            seq = token_ids[i]
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = inner(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1)
+        if result is None:
+            result = torch.empty(len(token_ids), pooled.shape[-1], dtype=torch.float32)
+        result[torch.tensor(idx)] = pooled.cpu()
+        if bar is not None:
+            bar.update(len(idx))
+    if bar is not None:
+        bar.close()
+    model.train(was_training)
+    assert result is not None
+    return result
+
+
+def standardise(emb: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-dimension z-score across items."""
+    mean = emb.mean(0, keepdim=True)
+    std = emb.std(0, keepdim=True, unbiased=False)
+    return (emb - mean) / (std + eps)
+
+
+def encode_item_texts(
+    model: nn.Module,
+    tokenizer: Tokenizer,
+    texts: Sequence[str],
+    *,
+    ref: BaseModelRef | None = None,
+    template: str = "{text}",
+    max_length: int = 64,
+    batch_size: int = 32,
+    standardize: bool = True,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Embed item texts (index ``i`` <-> item ``i + 1``); returns ``Float[N, hidden]``.
+
+    With ``ref`` given and ``use_cache``, the result is cached under ``cache_dir`` (default
+    ``~/.cache/recdistill/item_embeddings``) keyed by (base model ref, text hash, settings).
+    """
+    if not texts:
+        raise ValueError("no item texts to encode")
+    prompts = [template.format(text=t) for t in texts]
+    key_fields = {
+        "base_model": ref.hash() if ref is not None else None,
+        "texts": text_hash(prompts),
+        "max_length": max_length,
+        "pooling": "mean_last",
+        "standardize": standardize,
+        "num_layers": int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0),
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
+    path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = path / f"{key}.safetensors"
+    cacheable = use_cache and ref is not None
+    if cacheable and path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                emb = f.get_tensor("item_text_embeddings")
+            if meta.get("key_fields") == json.dumps(key_fields, sort_keys=True) and emb.shape[0] == len(texts):
+                return emb
+        except Exception:  # corrupt cache file: recompute and replace
+            pass
+    ids = tokenize_texts(tokenizer, prompts, max_length)
+    emb = mean_pooled_states(model, ids, batch_size=batch_size, progress=progress)
+    if standardize:
+        emb = standardise(emb)
+    if cacheable:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_file({"item_text_embeddings": emb.contiguous()}, tmp,
+                      metadata={"key_fields": json.dumps(key_fields, sort_keys=True)})
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return emb
+
+
+class WhitespaceTokenizer:
+    """A tiny offline tokenizer (whitespace words -> ids by a fixed vocabulary) for tests/demos."""
+
+    def __init__(self, vocab: dict[str, int], unk_id: int = 1, pad_id: int = 0) -> None:
+        self.vocab = dict(vocab)
+        self.unk_id = unk_id
+        self.pad_token_id = pad_id
+
+    @classmethod
+    def from_texts(cls, texts: Sequence[str], vocab_size: int) -> "WhitespaceTokenizer":
+        counts: dict[str, int] = {}
+        for t in texts:
+            for w in t.lower().split():
+                counts[w] = counts.get(w, 0) + 1
+        words = sorted(counts, key=lambda w: (-counts[w], w))[: max(vocab_size - 2, 0)]
+        return cls({w: i + 2 for i, w in enumerate(words)})
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [self.vocab.get(w, self.unk_id) for w in text.lower().split()] or [self.unk_id]
+
+
+TokenizerLike = Callable[[str], list[int]] | WhitespaceTokenizer

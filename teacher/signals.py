@@ -1,0 +1,665 @@
+"""Emit teacher signals once into a verified, resumable on-disk cache.
+
+Layout of a cache folder::
+
+    manifest.json                   teacher + dataset identity, K, layers, dtypes, shards + sha256
+    <split>-00000.safetensors       example_id int64 [M], target int32 [M], hidden fp16 [M, H],
+                                    layers fp16 [M, n_layers, H] (if asked), user fp16 [M, d_item],
+                                    topk_items int32 [M, K], topk_scores fp32 [M, K]
+    item_embeddings.safetensors     item_embeddings fp32 [N + 1, d_item] (row 0 = padding), logit_scale
+
+Example ids follow ``recdistill.data.schema`` (``user * EXAMPLE_STRIDE + pos``, ``pos`` = index
+of the target in the user's full sequence). Rows of a split are user-major, positions ascending;
+shard ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)``. The shard plan and the batches
+are fixed by the data and the settings alone (not by the number of processes), so a resumed or a
+multi-process run writes byte-identical shards. Every file is written to a temp name and
+``os.replace``-d into place; per-rank progress files record finished shards (with sha256) and the
+manifest merges them.
+
+Train rows: the training part ``seq[:-2]`` is cut into windows of ``max_len`` items ending every
+``train_stride`` positions (default ``max_len // 2``); each target is read from the first window
+that contains it, so it sees at least ``max_len - train_stride + 1`` earlier items (or all of them).
+``train_stride=1`` gives every target exactly its last ``max_len`` items. Valid/test rows use the
+last ``max_len`` items before the target, like the data module.
+
+Top-K is computed chunk-wise over the catalogue (a running top-k merge over item chunks): no
+``[examples x items]`` matrix is ever held beyond one batch x one chunk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from safetensors.torch import save_file
+from torch import Tensor
+
+from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
+
+FORMAT_VERSION = 1
+EXAMPLE_ID_SCHEME = f"user * {EXAMPLE_STRIDE} + pos; pos = index of the target in the user's full sequence"
+SPLITS = ("train", "valid", "test")
+DTYPES = {"example_id": "int64", "target": "int32", "hidden": "float16", "layers": "float16",
+          "user": "float16", "topk_items": "int32", "topk_scores": "float32"}
+_TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
+
+
+class CacheMismatchError(ValueError):
+    """An existing cache was built for a different teacher / dataset / setting."""
+
+
+class _StopEmission(Exception):
+    """Raised by the writer after ``max_new_shards`` shards (a deliberate partial run)."""
+
+
+# --------------------------------------------------------------------------- hashing / io
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def item_space_hash(item_ids: Sequence[Any] | np.ndarray) -> str:
+    """sha256 over the ordered raw item ids (item index i <-> item_ids[i - 1])."""
+    digest = hashlib.sha256()
+    digest.update(str(len(item_ids)).encode())
+    for raw in item_ids:
+        digest.update(b"\x00" + str(raw).encode())
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def atomic_save_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> str:
+    """Save tensors to ``path`` atomically; returns the file's sha256.
+
+    Keep ``metadata`` to at most one key: safetensors writes a multi-key metadata map in a
+    random order, so the bytes (and the sha256) of identical content would differ.
+    """
+    if metadata is not None and len(metadata) > 1:
+        raise ValueError("use at most one metadata key (multi-key metadata is not byte-deterministic)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        digest = sha256_file(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return digest
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class SplitPlan:
+    """Windows (model inputs) and rows (examples) of one split, in canonical order."""
+
+    split: str
+    win_user: np.ndarray  # [W]
+    win_start: np.ndarray  # [W] index into the user's sequence (inclusive)
+    win_end: np.ndarray  # [W] (exclusive)
+    row_window: np.ndarray  # [M] window of each row
+    row_pos: np.ndarray  # [M] target position in the full sequence
+    row_user: np.ndarray  # [M]
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.row_pos)
+
+    @property
+    def example_ids(self) -> np.ndarray:
+        return self.row_user * EXAMPLE_STRIDE + self.row_pos
+
+
+def plan_split(split: SequentialSplit, which: str, max_len: int, *, train_every: int = 1,
+               train_stride: int | None = None) -> SplitPlan:
+    """Deterministic windows and rows for ``which`` in ``("train", "valid", "test")``."""
+    if which not in SPLITS:
+        raise ValueError(f"unknown split {which!r}; use one of {SPLITS}")
+    lengths = split.lengths
+    win_user, win_start, win_end, row_window, row_pos, row_user = [], [], [], [], [], []
+    if which in ("valid", "test"):
+        off = 2 if which == "valid" else 1
+        for u, n in enumerate(lengths):
+            p = int(n) - off
+            win_user.append(u), win_start.append(max(0, p - max_len)), win_end.append(p)
+            row_window.append(u), row_pos.append(p), row_user.append(u)
+    else:
+        stride = train_stride or max(1, max_len // 2)
+        if not 1 <= stride <= max_len:
+            raise ValueError(f"train_stride must be in 1..max_len={max_len}, got {stride}")
+        if train_every < 1:
+            raise ValueError("train_every must be >= 1")
+        for u, n in enumerate(lengths):
+            last = int(n) - 3  # targets are positions 1..len-3
+            if last < 1:
+                continue
+            ends = []
+            e = last
+            while e >= 1:
+                ends.append(e)
+                e -= stride
+            ends.reverse()
+            prev = 0
+            for e in ends:
+                targets = [t for t in range(prev + 1, e + 1) if (t - 1) % train_every == 0]
+                prev = e
+                if not targets:
+                    continue
+                w = len(win_user)
+                win_user.append(u), win_start.append(max(0, e - max_len)), win_end.append(e)
+                for t in targets:
+                    row_window.append(w), row_pos.append(t), row_user.append(u)
+    as_i64 = lambda x: np.asarray(x, dtype=np.int64)  # noqa: E731
+    return SplitPlan(which, as_i64(win_user), as_i64(win_start), as_i64(win_end),
+                     as_i64(row_window), as_i64(row_pos), as_i64(row_user))
+
+
+class _WindowDataset(torch.utils.data.Dataset):
+    """Batches of windows with their rows; built whole-batch through ``__getitems__``."""
+
+    def __init__(self, split: SequentialSplit, plan: SplitPlan, max_len: int, shard_size: int):
+        self.split, self.plan, self.max_len, self.shard_size = split, plan, max_len, shard_size
+        order = np.argsort(plan.row_window, kind="stable")
+        self.rows_sorted = order
+        self.row_bounds = np.searchsorted(plan.row_window[order], np.arange(len(plan.win_user) + 1))
+
+    def __len__(self) -> int:
+        return len(self.plan.win_user)
+
+    def __getitems__(self, indices: list[int]) -> dict[str, Tensor]:
+        p, L_ = self.plan, self.max_len
+        input_ids = np.zeros((len(indices), L_), dtype=np.int64)
+        rows: list[np.ndarray] = []
+        for b, w in enumerate(indices):
+            seq = self.split.sequences[p.win_user[w]]
+            chunk = seq[p.win_start[w]:p.win_end[w]]
+            input_ids[b, L_ - len(chunk):] = chunk
+            rows.append(self.rows_sorted[self.row_bounds[w]:self.row_bounds[w + 1]])
+        rows_b = np.repeat(np.arange(len(indices)), [len(r) for r in rows])
+        row = np.concatenate(rows)
+        pos = p.row_pos[row]
+        users = p.row_user[row]
+        w_end = p.win_end[p.row_window[row]]
+        offset = L_ - 1 - (w_end - pos)  # padded column whose output predicts the target at ``pos``
+        hist_len = int(pos.max(initial=1))
+        history = np.zeros((len(row), hist_len), dtype=np.int64)
+        target = np.zeros(len(row), dtype=np.int64)
+        for i, (u, t) in enumerate(zip(users, pos)):
+            seq = self.split.sequences[u]
+            history[i, hist_len - t:] = seq[:t]
+            target[i] = seq[t]
+        return {
+            "input_ids": torch.from_numpy(input_ids),
+            "row_batch": torch.from_numpy(rows_b),
+            "row_offset": torch.from_numpy(offset),
+            "row": torch.from_numpy(row),
+            "shard": torch.from_numpy(row // self.shard_size),
+            "example_id": torch.from_numpy(users * EXAMPLE_STRIDE + pos),
+            "target": torch.from_numpy(target),
+            "history": torch.from_numpy(history),
+        }
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:  # pragma: no cover - batches only
+        return self.__getitems__([index])
+
+
+class _BatchList(torch.utils.data.Dataset):
+    """Item ``i`` is the whole pre-planned batch ``batches[i]`` (used with ``batch_size=None``)."""
+
+    def __init__(self, windows: _WindowDataset, batches: list[list[int]]) -> None:
+        self.windows, self.batches = windows, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return self.windows.__getitems__(self.batches[i])
+
+
+# --------------------------------------------------------------------------- scoring
+@torch.no_grad()
+def chunked_topk(score_fn, num_items: int, k: int, *, history: Tensor | None, target: Tensor | None,
+                 exclude_target: bool = True, mask_history: bool = True, chunk_size: int = 4096
+                 ) -> tuple[Tensor, Tensor]:
+    """Top-``k`` over items ``1..num_items`` from ``score_fn(start, stop) -> [M, stop - start]``.
+
+    Column 0 is never returned. History items are masked when ``mask_history`` (the target keeps
+    its score unless ``exclude_target``). A running top-k is merged chunk by chunk.
+    """
+    if not 1 <= k <= num_items:
+        raise ValueError(f"k must be in 1..num_items={num_items}, got {k}")
+    best_s: Tensor | None = None
+    best_i: Tensor | None = None
+    for start in range(0, num_items + 1, chunk_size):
+        stop = min(start + chunk_size, num_items + 1)
+        s = score_fn(start, stop).float()
+        m, c = s.shape
+        s = torch.cat([s, s.new_zeros(m, 1)], 1)  # dummy column absorbs out-of-chunk scatters
+
+        def local(idx: Tensor) -> Tensor:
+            li = idx - start
+            ok = (idx > 0) & (li >= 0) & (li < c)
+            return torch.where(ok, li, torch.full_like(li, c))
+
+        tgt_local = local(target.view(-1, 1)) if target is not None else None
+        if mask_history and history is not None and history.numel():
+            keep = s.gather(1, tgt_local) if (tgt_local is not None and not exclude_target) else None
+            s.scatter_(1, local(history), -math.inf)
+            if keep is not None:
+                s.scatter_(1, tgt_local, keep)
+        if exclude_target and tgt_local is not None:
+            s.scatter_(1, tgt_local, -math.inf)
+        s = s[:, :c]
+        if start == 0:
+            s[:, 0] = -math.inf
+        ids = torch.arange(start, stop, device=s.device).expand(m, c)
+        if best_s is not None:
+            s = torch.cat([best_s, s], 1)
+            ids = torch.cat([best_i, ids], 1)
+        kk = min(k, s.shape[1])
+        best_s, pick = torch.topk(s, kk, dim=1)
+        best_i = ids.gather(1, pick)
+    assert best_s is not None and best_i is not None
+    return best_i, best_s
+
+
+@torch.no_grad()
+def predict_signals(module, batch: dict[str, Tensor], *, k: int = 50, layers: Sequence[int] = (),
+                    exclude_target: bool = True, mask_history: bool = True, chunk_size: int = 4096,
+                    num_items: int | None = None) -> dict[str, Tensor]:
+    """Signals for the rows of one emission batch (called from the teacher's ``predict_step``).
+
+    ``layers`` index the LLM's hidden states: 0 = the rescaled inputs, i = output of block i,
+    the last index = after the final norm (= ``hidden``).
+    """
+    enc = module.encode(batch["input_ids"], output_hidden_states=bool(layers))
+    rb, ro = batch["row_batch"], batch["row_offset"]
+    if enc["user"].shape[1] == 1:  # last-position-only teachers (one row per window, stride 1)
+        ro = torch.zeros_like(ro)
+    user = enc["user"][rb, ro]
+    out = {
+        "example_id": batch["example_id"].cpu(),
+        "row": batch["row"].cpu(),
+        "shard": batch["shard"].cpu(),
+        "target": batch["target"].to(torch.int32).cpu(),
+        "hidden": enc["hidden"][rb, ro].to(torch.float16).cpu(),
+        "user": user.to(torch.float16).cpu(),
+    }
+    if layers:
+        states = enc["hidden_states"]
+        out["layers"] = torch.stack([states[i][rb, ro] for i in layers], 1).to(torch.float16).cpu()
+    n = int(num_items or module.num_items)
+    ids, scores = chunked_topk(
+        lambda a, b: module.score_items(user, a, b), n, k, history=batch["history"], target=batch["target"],
+        exclude_target=exclude_target, mask_history=mask_history, chunk_size=chunk_size,
+    )
+    out["topk_items"] = ids.to(torch.int32).cpu()
+    out["topk_scores"] = scores.float().cpu()
+    return out
+
+
+# --------------------------------------------------------------------------- the writer
+class SignalShardWriter(BasePredictionWriter):
+    """Per-rank prediction writer: buffers rows of the shards this rank owns and writes each
+    shard (atomically) as soon as all of its rows have arrived."""
+
+    def __init__(self, output_dir: str | Path, split: str, shard_rows: dict[int, int],
+                 max_new_shards: int | None = None, metadata: dict[str, str] | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.split = split
+        self.expected = dict(shard_rows)  # shard index -> number of rows (pending shards of this rank)
+        self.buffers: dict[int, list[dict[str, Tensor]]] = {s: [] for s in self.expected}
+        self.counts: dict[int, int] = {s: 0 for s in self.expected}
+        self.written: dict[str, dict[str, Any]] = {}
+        self.max_new_shards = max_new_shards
+        self.metadata = metadata or {}
+        self.rank = 0
+
+    def own(self, shard_rows: dict[int, int]) -> None:
+        """Restrict the writer to the shards this rank owns."""
+        self.expected = dict(shard_rows)
+        self.buffers = {s: [] for s in self.expected}
+        self.counts = {s: 0 for s in self.expected}
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.rank = trainer.global_rank
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
+                           dataloader_idx=0) -> None:
+        shards = prediction["shard"]
+        for s in torch.unique(shards).tolist():
+            if s not in self.expected:
+                continue  # another rank owns it, or it is already complete
+            sel = shards == s
+            part = {key: value[sel] for key, value in prediction.items() if key not in ("shard",)}
+            self.buffers[s].append(part)
+            self.counts[s] += int(sel.sum())
+            if self.counts[s] > self.expected[s]:
+                raise RuntimeError(f"shard {s} of {self.split} received {self.counts[s]} rows, expected {self.expected[s]}")
+            if self.counts[s] == self.expected[s]:
+                self._flush(s)
+
+    def _flush(self, s: int) -> None:
+        parts = self.buffers.pop(s)
+        rows = torch.cat([p["row"] for p in parts])
+        order = torch.argsort(rows)
+        tensors = {key: torch.cat([p[key] for p in parts])[order] for key in parts[0] if key != "row"}
+        name = shard_name(self.split, s)
+        digest = atomic_save_safetensors(self.output_dir / name, tensors, metadata=self.metadata)
+        self.written[name] = {"sha256": digest, "rows": int(len(rows)), "split": self.split, "index": s}
+        progress_path = self.output_dir / f"progress-rank{self.rank}.json"
+        progress = _read_json(progress_path) or {"shards": {}}
+        progress["shards"][name] = self.written[name]
+        atomic_write_json(progress_path, progress)
+        if self.max_new_shards is not None and len(self.written) >= self.max_new_shards:
+            raise _StopEmission()
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- emission
+def _teacher_identity(module) -> dict[str, Any]:
+    ref = module.base_ref
+    return {
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "base_model": ref.identity(),
+        "base_model_sha": ref.hash(),
+        "adapter_sha256": module.trained_state_hash(),
+        "num_layers": int(getattr(module.hparams, "num_layers", 0)),
+        "hidden_size": int(getattr(module, "hidden_size", 0)),
+        "item_dim": int(getattr(module, "item_dim", 0)),
+    }
+
+
+def _compare(existing: dict, wanted: dict, path: str = "") -> str | None:
+    """Name of the first field that differs (dotted path), or None."""
+    for key in sorted(set(existing) | set(wanted)):
+        a, b = existing.get(key, "<missing>"), wanted.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            diff = _compare(a, b, f"{path}{key}.")
+            if diff:
+                return diff
+        elif a != b:
+            return f"{path}{key} (cache: {a!r}, now: {b!r})"
+    return None
+
+
+def _resolve_split(datamodule, max_len: int | None) -> tuple[SequentialSplit, int]:
+    if isinstance(datamodule, SequentialSplit):
+        if max_len is None:
+            raise ValueError("pass max_len when emitting from a bare SequentialSplit")
+        return datamodule, max_len
+    split = getattr(datamodule, "split", None)
+    if not isinstance(split, SequentialSplit):
+        raise TypeError("datamodule must be a SequentialDataModule (with .split) or a SequentialSplit")
+    return split, int(max_len or datamodule.max_len)
+
+
+def _existing_complete_shards(out: Path, manifest: dict | None) -> dict[str, dict[str, Any]]:
+    """Shards recorded (manifest or progress files) whose file exists and matches its sha256."""
+    records: dict[str, dict[str, Any]] = {}
+    if manifest:
+        for split_info in manifest.get("splits", {}).values():
+            records.update(split_info.get("shards", {}))
+    for prog in sorted(out.glob("progress-rank*.json")):
+        records.update((_read_json(prog) or {}).get("shards", {}))
+    good: dict[str, dict[str, Any]] = {}
+    for name, rec in records.items():
+        path = out / name
+        if path.is_file() and sha256_file(path) == rec["sha256"]:
+            good[name] = rec
+    return good
+
+
+def emit_signals(
+    module_or_dir: Any,
+    datamodule: Any,
+    output_dir: str | Path,
+    *,
+    k: int = 50,
+    layers: Sequence[int] = (),
+    splits: Sequence[str] = ("train", "valid", "test"),
+    shard_size: int = 4096,
+    overwrite: bool = False,
+    max_len: int | None = None,
+    train_every: int = 1,
+    train_stride: int | None = None,
+    exclude_target: bool = True,
+    mask_history: bool = True,
+    item_chunk_size: int = 4096,
+    batch_size: int = 16,
+    max_new_shards: int | None = None,
+    callbacks: Iterable[Any] = (),
+    trainer_kwargs: dict[str, Any] | None = None,
+) -> Path:
+    """Emit (or resume emitting) teacher signals into ``output_dir``; returns the folder.
+
+    ``module_or_dir`` is a teacher module or a teacher checkpoint folder. A cache built for a
+    different teacher, dataset or setting is refused (:class:`CacheMismatchError` naming the
+    field) unless ``overwrite``. Shards already complete (sha256-verified) are skipped.
+    ``max_new_shards`` stops after writing that many shards (the manifest stays incomplete).
+    """
+    from recdistill.teacher.hllm import load_teacher
+
+    module = load_teacher(module_or_dir) if isinstance(module_or_dir, (str, Path)) else module_or_dir
+    split, max_len = _resolve_split(datamodule, max_len)
+    out = Path(output_dir)
+    layers = [int(i) for i in layers]
+    splits = list(dict.fromkeys(splits))
+    for s in splits:
+        if s not in SPLITS:
+            raise ValueError(f"unknown split {s!r}; use one of {SPLITS}")
+    n_states = int(module.hparams.num_layers) + 1
+    for i in layers:
+        if not 0 <= i < n_states:
+            raise ValueError(f"layer index {i} out of range 0..{n_states - 1} (0 = inputs, {n_states - 1} = final)")
+    if module.num_items != split.num_items:
+        raise CacheMismatchError(f"teacher has num_items={module.num_items} but the dataset has {split.num_items}")
+    if getattr(module, "last_position_only", False):
+        if train_stride not in (None, 1):
+            raise ValueError(f"{type(module).__name__} only predicts at the last position: use train_stride=1")
+        train_stride = 1
+    if getattr(module, "last_position_only", False):
+        if train_stride not in (None, 1):
+            raise ValueError(f"{type(module).__name__} only predicts at the last position: use train_stride=1")
+        train_stride = 1
+    stride = train_stride or max(1, max_len // 2)
+
+    header = {
+        "format_version": FORMAT_VERSION,
+        "teacher": _teacher_identity(module),
+        "dataset": {
+            "name": split.name,
+            "fingerprint": split.fingerprint,
+            "num_users": split.num_users,
+            "num_items": split.num_items,
+            "item_space_sha256": item_space_hash(split.item_ids),
+        },
+        "teacher_dataset_fingerprint": getattr(module, "dataset_fingerprint", None),
+        "k": int(k),
+        "layers": layers,
+        "dtypes": DTYPES,
+        "example_id_scheme": EXAMPLE_ID_SCHEME,
+        "exclude_target": bool(exclude_target),
+        "mask_history": bool(mask_history),
+        "max_len": int(max_len),
+        "train_every": int(train_every),
+        "train_stride": int(stride),
+        "shard_size": int(shard_size),
+    }
+    if header["teacher_dataset_fingerprint"] not in (None, split.fingerprint):
+        raise CacheMismatchError(
+            f"the teacher was trained on dataset fingerprint {header['teacher_dataset_fingerprint']} but this "
+            f"dataset is {split.fingerprint}; emit with the teacher trained on this data"
+        )
+    manifest_path = out / "manifest.json"
+    manifest = _read_json(manifest_path)
+    if manifest is not None and overwrite:
+        shutil.rmtree(out)
+        manifest = None
+    if manifest is None and out.exists() and any(out.iterdir()) and not overwrite:
+        raise CacheMismatchError(f"{out} exists, is not empty and has no manifest.json; rebuild with --overwrite")
+    if manifest is not None:
+        old_header = {key: manifest.get(key) for key in header}
+        diff = _compare(old_header, header)
+        if diff:
+            raise CacheMismatchError(
+                f"signals cache {out} does not match the current run: {diff}. "
+                f"Rebuild it with --overwrite (emit_signals(..., overwrite=True)) or use another output folder."
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    good = _existing_complete_shards(out, manifest)
+    previous = manifest or {}
+    manifest = dict(header, complete=False, splits=dict(previous.get("splits", {})))
+    if previous.get("item_embeddings"):
+        manifest["item_embeddings"] = previous["item_embeddings"]
+    atomic_write_json(manifest_path, manifest)
+
+    # item embeddings (one per item, fp32, row 0 = padding)
+    emb_path = out / "item_embeddings.safetensors"
+    emb_rec = (manifest.get("item_embeddings") or {})
+    if not (emb_path.is_file() and emb_rec.get("sha256") == sha256_file(emb_path)):
+        with torch.no_grad():
+            table = module.item_vectors().detach().float().cpu()
+            scale = module.logit_scale().detach().float().cpu().reshape(1)
+        digest = atomic_save_safetensors(emb_path, {"item_embeddings": table, "logit_scale": scale})
+        manifest["item_embeddings"] = {"file": emb_path.name, "sha256": digest, "shape": list(table.shape),
+                                       "dtype": "float32", "scoring": "logit_scale * cosine(user, item)"}
+        atomic_write_json(manifest_path, manifest)
+
+    stopped = False
+    for which in splits:
+        plan = plan_split(split, which, max_len, train_every=train_every, train_stride=stride)
+        n_rows = plan.num_rows
+        n_shards = max(1, math.ceil(n_rows / shard_size))
+        rows_per_shard = {s: min(shard_size, n_rows - s * shard_size) for s in range(n_shards)}
+        split_entry = {"num_examples": n_rows, "num_shards": n_shards, "shards": {}}
+        for s in range(n_shards):
+            name = shard_name(which, s)
+            if name in good and good[name]["rows"] == rows_per_shard[s]:
+                split_entry["shards"][name] = good[name]
+        manifest["splits"][which] = split_entry
+        atomic_write_json(manifest_path, manifest)
+        pending = {s: r for s, r in rows_per_shard.items() if shard_name(which, s) not in split_entry["shards"]}
+        if n_rows == 0 or not pending:
+            continue
+        if stopped:
+            continue  # keep planning the remaining splits so the manifest lists them
+        new = _run_split(module, split, plan, which, out, pending, max_len=max_len, shard_size=shard_size,
+                         batch_size=batch_size, k=k, layers=layers, exclude_target=exclude_target,
+                         mask_history=mask_history, item_chunk_size=item_chunk_size,
+                         max_new_shards=max_new_shards, callbacks=callbacks, trainer_kwargs=trainer_kwargs)
+        if new is None:
+            stopped = True
+            new = {}
+        split_entry["shards"].update(new)
+        atomic_write_json(manifest_path, manifest)
+        if max_new_shards is not None:
+            max_new_shards -= len(new)
+            if stopped or max_new_shards <= 0:
+                stopped = True
+
+    # merge per-rank progress and decide completeness
+    good = _existing_complete_shards(out, manifest)
+    complete = True
+    for which in splits:
+        entry = manifest["splits"][which]
+        entry["shards"] = {shard_name(which, s): good[shard_name(which, s)]
+                           for s in range(entry["num_shards"]) if shard_name(which, s) in good}
+        if entry["num_examples"] and len(entry["shards"]) != entry["num_shards"]:
+            complete = False
+    manifest["complete"] = complete
+    atomic_write_json(manifest_path, manifest)
+    if complete:
+        for prog in out.glob("progress-rank*.json"):
+            prog.unlink()
+    return out
+
+
+def _run_split(module, split, plan, which, out, pending, *, max_len, shard_size, batch_size, k, layers,
+               exclude_target, mask_history, item_chunk_size, max_new_shards, callbacks, trainer_kwargs
+               ) -> dict[str, dict[str, Any]] | None:
+    """Run ``Trainer.predict`` over the batches that feed the pending shards of this rank."""
+    kwargs = dict(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=True, enable_model_summary=False, use_distributed_sampler=False)
+    kwargs.update(trainer_kwargs or {})
+    writer = SignalShardWriter(out, which, pending, max_new_shards=max_new_shards,
+                               metadata={"format": "pt"})  # one key only: safetensors
+    # serialises a multi-key metadata map in random order, which would break byte-identical shards
+    trainer = L.Trainer(callbacks=[writer, *callbacks], **kwargs)
+    world, rank = trainer.world_size, trainer.global_rank
+    mine = {s: r for s, r in pending.items() if s % world == rank}  # shard i belongs to rank i % world
+    writer.own(mine)
+    # fixed global batches of windows: batch b = windows [b * batch_size, (b + 1) * batch_size)
+    n_windows = len(plan.win_user)
+    row_shard = np.arange(plan.num_rows) // shard_size
+    win_shards: list[set[int]] = [set() for _ in range(n_windows)]
+    for w, s in zip(plan.row_window, row_shard):
+        win_shards[w].add(int(s))
+    batches = []
+    for start in range(0, n_windows, batch_size):
+        idx = list(range(start, min(start + batch_size, n_windows)))
+        if any(win_shards[w] & mine.keys() for w in idx):
+            batches.append(idx)
+    dataset = _WindowDataset(split, plan, max_len, shard_size)
+    loader = torch.utils.data.DataLoader(_BatchList(dataset, batches), batch_size=None, shuffle=False)
+    module.emit_config = dict(k=k, layers=list(layers), exclude_target=exclude_target, mask_history=mask_history,
+                              chunk_size=item_chunk_size, num_items=module.num_items)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*infer the batch indices.*")
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+        if trainer.world_size > 1:  # every rank's shards are on disk before anyone merges
+            trainer.strategy.barrier("recdistill-emit")
+    except _StopEmission:
+        return None
+    finally:
+        module.emit_config = None
+    missing = set(mine) - {v["index"] for v in writer.written.values()}
+    if missing:
+        raise RuntimeError(f"emission of {which} finished without writing shards {sorted(missing)}")
+    return writer.written
