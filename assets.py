@@ -7,7 +7,6 @@ file is extracted, checked against its sha256 and renamed into place atomically.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,6 +15,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from recdistill.atomic import sha256_file
 
 CACHE_ENV = "RECDISTILL_CACHE"
 
@@ -74,14 +75,6 @@ class AssetError(RuntimeError):
 def cache_dir() -> Path:
     root = os.environ.get(CACHE_ENV)
     return Path(root).expanduser() if root else Path.home() / ".cache" / "recdistill"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def asset_dir(name: str) -> Path:

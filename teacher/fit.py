@@ -3,7 +3,6 @@ was trained (adapter + head) with the base-model reference and the dataset finge
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any

@@ -18,9 +18,6 @@ import copy
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from recdistill.atomic import atomic_directory
 from torch import Tensor, nn
 
 from recdistill.teacher.loading import BaseModelRef, load_base_model
@@ -45,29 +44,6 @@ def _state_hash(tensors: dict[str, Tensor]) -> str:
         digest.update(str(tuple(t.shape)).encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
-
-
-def atomic_write_dir(final: Path, fill) -> Path:
-    """Create ``final`` atomically: ``fill(tmp_dir)`` then rename (replacing an old ``final``)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    os.chmod(tmp, 0o755)  # mkdtemp creates 0700 folders
-    try:
-        fill(tmp)
-        for child in tmp.rglob("*"):  # some writers create 0600 files
-            os.chmod(child, 0o755 if child.is_dir() else 0o644)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-            os.replace(final, old / "x")
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 class HLLMTeacher(L.LightningModule):
@@ -400,12 +376,11 @@ class HLLMTeacher(L.LightningModule):
             "trained_state_sha256": self.trained_state_hash(),
         }
 
-        def fill(tmp: Path) -> None:
+        with atomic_directory(directory) as tmp:
             self.backbone.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
             save_file(self.head_state_dict(), str(tmp / "head.safetensors"), metadata={"format": "pt"})
             (tmp / "teacher.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-
-        return atomic_write_dir(Path(directory), fill)
+        return Path(directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, check_base: bool = True, **overrides: Any) -> "HLLMTeacher":

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from recdistill.atomic import sha256_file
 from torch import nn
 
 # Asset names that resolve to a GGUF file in the recdistill cache (see ``recdistill.assets``).
@@ -66,14 +68,6 @@ class BaseModelRef:
         return hashlib.sha256(blob).hexdigest()
 
 
-def _sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _folder_weights_sha256(folder: Path) -> str | None:
     files = sorted(
         p for p in folder.iterdir()
@@ -84,7 +78,7 @@ def _folder_weights_sha256(folder: Path) -> str | None:
     digest = hashlib.sha256()
     for p in files:
         digest.update(p.name.encode())
-        digest.update(_sha256_file(p).encode())
+        digest.update(sha256_file(p).encode())
     return digest.hexdigest()
 
 
@@ -154,7 +148,7 @@ def load_base_model(
     cfg = model.config
     weights_sha = None
     if gguf is not None:
-        weights_sha = _sha256_file(Path(where) / gguf)
+        weights_sha = sha256_file(Path(where) / gguf)
     elif kind == "folder":
         weights_sha = _folder_weights_sha256(Path(where))
     ref = BaseModelRef(

@@ -31,9 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -45,6 +43,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from safetensors.torch import save_file
+
+from recdistill.atomic import atomic_path, sha256_file, write_json
 from torch import Tensor
 
 from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
@@ -66,14 +66,6 @@ class _StopEmission(Exception):
 
 
 # --------------------------------------------------------------------------- hashing / io
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def item_space_hash(item_ids: Sequence[Any] | np.ndarray) -> str:
     """sha256 over the ordered raw item ids (item index i <-> item_ids[i - 1])."""
     digest = hashlib.sha256()
@@ -83,21 +75,8 @@ def item_space_hash(item_ids: Sequence[Any] | np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    write_json(path, obj, sort_keys=True)
 
 
 def atomic_save_safetensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> str:
@@ -108,17 +87,9 @@ def atomic_save_safetensors(path: Path, tensors: dict[str, Tensor], metadata: di
     """
     if metadata is not None and len(metadata) > 1:
         raise ValueError("use at most one metadata key (multi-key metadata is not byte-deterministic)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
         digest = sha256_file(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return digest
 
 
