@@ -60,6 +60,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     from recdistill.atomic import atomic_path
@@ -67,6 +68,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     names = [r["name"] for r in rows]
     left.bar(names, [r["test_ndcg@10"] or 0.0 for r in rows], color="tab:blue")
+    left.tick_params(axis="x", labelrotation=20)
     left.set_ylabel("test NDCG@10 (full ranking)")
     left.set_title("quality")
     timed = [r for r in rows if r["p50_ms"]]
@@ -74,6 +76,8 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
         right.scatter(r["p50_ms"], r["test_ndcg@10"] or 0.0, s=60)
         right.annotate(r["name"], (r["p50_ms"], r["test_ndcg@10"] or 0.0), textcoords="offset points", xytext=(5, 5))
     right.set_xscale("log")
+    right.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    right.margins(x=0.4, y=0.2)
     right.set_xlabel("p50 latency per user, ms (batch 1, log scale)")
     right.set_ylabel("test NDCG@10")
     right.set_title("quality vs latency")

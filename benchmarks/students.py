@@ -79,7 +79,6 @@ def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,
         "dataset": "movielens-100k",
         "protocol": "leave-one-out by time, full ranking, earlier items masked, selected on validation",
         "seeds": seeds,
-        "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "torch": torch.__version__,
         "wall_seconds": round(time.time() - started, 1),
@@ -102,16 +101,17 @@ def _median(runs: list[dict[str, Any]], *path: str) -> float:
 def render_markdown(payload: dict[str, Any]) -> str:
     seeds = payload["seeds"]
     lines = [
-        f"Students on MovieLens-100K ({payload['protocol']}); median over seeds {seeds}, "
-        f"{payload['threads']} torch threads, torch {payload['torch']}. Reproduce: `make bench`.",
+        f"Students on MovieLens-100K ({payload['protocol']}); median over seeds {seeds}, torch "
+        f"{payload['torch']}, CPU. s/epoch is wall time per epoch including validation, with the "
+        f"torch thread count of each run. Reproduce: `make bench`.",
         "",
-        "| model | valid NDCG@10 | test HR@10 | test NDCG@10 | test MRR@10 | params | s/epoch | epochs |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | valid NDCG@10 | test HR@10 | test NDCG@10 | test MRR@10 | params | s/epoch | threads | epochs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     popular = payload.get("most_popular")
     if popular:
         lines.append(f"| MostPopular | {popular['valid']['ndcg@10']:.4f} | {popular['test']['hr@10']:.4f} | "
-                     f"{popular['test']['ndcg@10']:.4f} | {popular['test']['mrr@10']:.4f} | 0 | - | - |")
+                     f"{popular['test']['ndcg@10']:.4f} | {popular['test']['mrr@10']:.4f} | 0 | - | - | - |")
     by_name: dict[str, list[dict[str, Any]]] = {}
     for run in payload["runs"]:
         by_name.setdefault(run["student"], []).append(run)
@@ -124,17 +124,17 @@ def render_markdown(payload: dict[str, Any]) -> str:
             f"| {name} | {_median(runs, 'valid', 'ndcg@10'):.4f} | {_median(runs, 'test', 'hr@10'):.4f} | "
             f"{_median(runs, 'test', 'ndcg@10'):.4f} | {_median(runs, 'test', 'mrr@10'):.4f} | "
             f"{int(_median(runs, 'num_parameters')):,} | {_median(runs, 'seconds_per_epoch'):.2f} | "
-            f"{int(_median(runs, 'epochs'))} |"
+            f"{int(_median(runs, 'threads'))} | {int(_median(runs, 'epochs'))} |"
         )
     if ctr_rows:
-        lines += ["", "| CTR model | valid AUC | test AUC | test GAUC | test LogLoss | params | s/epoch | epochs |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| CTR model | valid AUC | test AUC | test GAUC | test LogLoss | params | s/epoch | threads | epochs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for name, runs in ctr_rows:
             lines.append(
                 f"| {name} | {_median(runs, 'valid', 'auc'):.4f} | {_median(runs, 'test', 'auc'):.4f} | "
                 f"{_median(runs, 'test', 'gauc'):.4f} | {_median(runs, 'test', 'logloss'):.4f} | "
                 f"{int(_median(runs, 'num_parameters')):,} | {_median(runs, 'seconds_per_epoch'):.2f} | "
-                f"{int(_median(runs, 'epochs'))} |"
+                f"{int(_median(runs, 'threads'))} | {int(_median(runs, 'epochs'))} |"
             )
     return "\n".join(lines) + "\n"
 
