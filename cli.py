@@ -56,7 +56,7 @@ def _student_fit(args: argparse.Namespace, rest: list[str]) -> int:
 def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.teacher.cli import run_teacher_command
 
-    return run_teacher_command(args.action, args.config, args.output_dir, rest)
+    return run_teacher_command(args.action, args.config, args.output_dir, rest, resume=args.resume)
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
@@ -101,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.add_argument("action", choices=["fit", "emit", "eval"])
     teacher.add_argument("--config", required=True)
     teacher.add_argument("--output-dir", required=True)
+    teacher.add_argument("--resume", action="store_true",
+                         help="fit: continue from OUTPUT_DIR/checkpoints/last.ckpt (trained weights only)")
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")

@@ -59,7 +59,6 @@ def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
         seed_everything_default=0,
         trainer_defaults={
             "default_root_dir": str(output_dir),
-            "enable_checkpointing": False,  # best trainable weights are kept in memory (the base is frozen)
             "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),
         },
     )
@@ -83,7 +82,8 @@ def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
     return init.data, cfg.as_dict()
 
 
-def run_teacher_command(action: str, config: str | Path, output_dir: str | Path, rest: list[str] | None = None) -> int:
+def run_teacher_command(action: str, config: str | Path, output_dir: str | Path, rest: list[str] | None = None,
+                        resume: bool = False) -> int:
     """Dispatch ``fit`` / ``emit`` / ``eval``; returns a process exit code."""
     from recdistill.atomic import write_text
     from recdistill.recipes import recipe_path
@@ -95,7 +95,7 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
     if action == "fit":
         cli = _fit_cli(config, output_dir, rest)
         write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
-        path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir)
+        path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir, resume=resume)
         print(f"wrote teacher checkpoint {path}")
         return 0
     datamodule, cfg = _data_only(config, rest)

@@ -9,6 +9,9 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from recdistill.student.callbacks import RNGStateCheckpoint
 
 from recdistill.teacher.hllm import copy_trainable_state, restore_trainable_state
 from recdistill.teacher.signals import atomic_write_json
@@ -25,6 +28,14 @@ class BestTrainableState(L.Callback):
         self.state: dict[str, torch.Tensor] | None = None
         self.history: list[dict[str, Any]] = []
 
+    def state_dict(self) -> dict[str, Any]:  # saved in resume checkpoints
+        return {"best_score": self.best_score, "best_epoch": self.best_epoch, "state": self.state,
+                "history": self.history}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score, self.best_epoch = state_dict["best_score"], state_dict["best_epoch"]
+        self.state, self.history = state_dict["state"], list(state_dict["history"])
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -39,7 +50,7 @@ class BestTrainableState(L.Callback):
 
 
 def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, output_dir: str | Path,
-                *, monitor: str = "valid/ndcg@10", restore_best: bool = True) -> Path:
+                *, monitor: str = "valid/ndcg@10", restore_best: bool = True, resume: bool = False) -> Path:
     """Fit ``module`` on ``datamodule``; save the best-validation teacher to ``output_dir/adapter``.
 
     Returns the checkpoint folder (load it with ``HLLMTeacher.from_pretrained`` or
@@ -53,13 +64,17 @@ def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, 
     if fingerprint is not None:
         module.dataset_fingerprint = fingerprint
     best = BestTrainableState(monitor)
-    trainer.callbacks.append(best)
+    # end-of-epoch checkpoints of the trained weights only (see HLLMTeacher.on_save_checkpoint)
+    checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)
+    added = [best, checkpoint, RNGStateCheckpoint()]
+    trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + added
+    last = output_dir / "checkpoints" / "last.ckpt"
     module.train()
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
     finally:
-        trainer.callbacks.remove(best)
+        trainer.callbacks = [c for c in trainer.callbacks if c not in added]
     seconds = time.perf_counter() - start
     if restore_best and best.state is not None:
         restore_trainable_state(module, best.state)

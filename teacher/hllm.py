@@ -348,6 +348,19 @@ class HLLMTeacher(L.LightningModule):
         tensors.update({f"head.{k}": v for k, v in self.head_state_dict().items()})
         return _state_hash(tensors)
 
+    # Lightning checkpoints (for resuming a fit) hold only what training changes; the frozen base
+    # is rebuilt from its source, so loading is non-strict but checked to cover every trained key.
+    strict_loading = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(k for k in self.state_dict() if is_trained_key(k) and k not in checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"teacher checkpoint lacks trained weights {missing[:5]} (of {len(missing)}): "
+                           f"it was written by a different teacher configuration")
+
     def init_args(self) -> dict[str, Any]:
         import inspect
 
@@ -453,10 +466,14 @@ def load_teacher(directory: str | Path, **overrides: Any) -> L.LightningModule:
     return cls.from_pretrained(directory, **overrides)
 
 
+def is_trained_key(name: str) -> bool:
+    """State-dict keys that training changes: everything but the frozen base (LoRA included)."""
+    return not name.startswith("backbone.") or "lora_" in name
+
+
 def copy_trainable_state(module: nn.Module) -> dict[str, Tensor]:
     """CPU copy of every trainable parameter (and item buffers) for best-epoch restore."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()
-            if not k.startswith("backbone.") or "lora_" in k}
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if is_trained_key(k)}
 
 
 def restore_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:

@@ -54,3 +54,35 @@ def test_teacher_cli_fit_eval_emit(tmp_path, monkeypatch):
         run_teacher_command("emit", cfg, out, ["--emit.k", "3"])
     assert run_teacher_command("emit", cfg, out, ["--emit.k", "3", "--emit.overwrite", "true"]) == 0
     assert TeacherSignals(out / "signals").k == 3
+
+
+def test_interrupted_teacher_fit_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from recdistill.data import load_split, synthetic_interactions
+
+    monkeypatch.setenv("RECDISTILL_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "events.csv"
+    synthetic_interactions(30, 15, mean_length=10, seed=6).interactions[["user_id", "item_id", "timestamp"]].to_csv(
+        csv, index=False)
+    tiny = make_tiny_llama(tmp_path / "tiny", texts=load_split(str(csv)).item_text, num_layers=2)
+    recipe = {"seed_everything": 0, "data": {"dataset": str(csv), "max_len": 6, "batch_size": 8},
+              "model": {"base_model": str(tiny), "num_layers": 2, "lr": 0.01, "dropout": 0.2, "progress": False},
+              "trainer": {"max_epochs": 3, "accelerator": "cpu", "enable_progress_bar": False,
+                          "enable_model_summary": False}}
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    run_teacher_command("fit", cfg, tmp_path / "full", ["--trainer.max_epochs", "3"])
+    run_teacher_command("fit", cfg, tmp_path / "cut", ["--trainer.max_epochs", "1"])
+    ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("backbone.") and "lora_" not in k for k in ckpt["state_dict"])  # no frozen base
+    run_teacher_command("fit", cfg, tmp_path / "cut", ["--trainer.max_epochs", "3"], resume=True)
+    for name in ("head.safetensors", "adapter_model.safetensors"):
+        full, cut = (load_file(str(tmp_path / run / "adapter" / name)) for run in ("full", "cut"))
+        assert full.keys() == cut.keys()
+        for key in full:
+            torch.testing.assert_close(cut[key], full[key], rtol=0, atol=1e-6, msg=key)
+    history = lambda run: json.loads((tmp_path / run / "fit.json").read_text())["history"]  # noqa: E731
+    assert [h["epoch"] for h in history("cut")] == [0, 1, 2]
+    assert history("cut")[-1]["valid/ndcg@10"] == pytest.approx(history("full")[-1]["valid/ndcg@10"], abs=1e-6)
