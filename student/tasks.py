@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recdistill.metrics import ctr_metrics, full_ranking_metrics
+from recdistill.metrics import ctr_metrics, full_ranking_metrics, ranking_metrics_from_ranks, sampled_ranks
 
 SequentialFactory = Callable[[int], nn.Module]
 CTRFactory = Callable[[list, int, int], nn.Module]
@@ -36,12 +36,18 @@ class SequentialRecommender(L.LightningModule):
         weight_decay: float = 0.0,
         mask_seen: bool = True,
         ks: Sequence[int] = (5, 10, 20),
+        sampled_negatives: int | None = None,
     ) -> None:
+        """``sampled_negatives``: also log sampled-ranking metrics (target vs N uniform negatives,
+        keys ``sampled<N>_ndcg@10`` ...), with negatives drawn from a fixed seed per evaluation.
+        Model selection stays on full ranking."""
         super().__init__()
         self.save_hyperparameters(ignore=["student"])
         self.student = student if isinstance(student, nn.Module) else student(num_items)
         self.lr, self.weight_decay = lr, weight_decay
         self.mask_seen, self.ks = mask_seen, tuple(ks)
+        self.sampled_negatives = sampled_negatives
+        self._negative_generator: torch.Generator | None = None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.student(input_ids)
@@ -75,11 +81,17 @@ class SequentialRecommender(L.LightningModule):
         return loss
 
     # -- evaluation ---------------------------------------------------------------------
-    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str) -> None:
+    def _evaluate(self, batch: dict[str, torch.Tensor], stage: str, batch_idx: int) -> None:
         scores = self.student(batch["input_ids"])
         metrics = full_ranking_metrics(
             scores, batch["target"], batch.get("history"), ks=self.ks, mask_seen=self.mask_seen
         )
+        if self.sampled_negatives:
+            if batch_idx == 0:  # the same negatives at every evaluation, whatever ran before
+                self._negative_generator = torch.Generator().manual_seed(0)
+            ranks = sampled_ranks(scores, batch["target"], self.sampled_negatives, self._negative_generator,
+                                  batch.get("history"), exclude_seen=self.mask_seen)
+            metrics.update(ranking_metrics_from_ranks(ranks, self.ks, prefix=f"sampled{self.sampled_negatives}_"))
         self.log_dict(
             {f"{stage}/{k}": v for k, v in metrics.items()},
             batch_size=batch["input_ids"].shape[0],
@@ -89,10 +101,10 @@ class SequentialRecommender(L.LightningModule):
         )
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "valid")
+        self._evaluate(batch, "valid", batch_idx)
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        self._evaluate(batch, "test", batch_idx)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self.student(batch["input_ids"])

@@ -80,3 +80,15 @@ def test_ctr_student_learns_planted_cross_feature(name):
     metrics = trainer.test(module, dataloaders=datamodule.dataloader("test"), verbose=False)[0]
     # labels follow gender x genre for 90% of events: the oracle AUC is ~0.9, chance is 0.5
     assert metrics["test/auc"] > 0.75, metrics
+
+
+def test_sampled_ranking_is_logged_beside_full_ranking(planted):
+    L.seed_everything(0)
+    datamodule = SequentialDataModule.from_split(planted, max_len=20, batch_size=32, eval_batch_size=64)
+    module = SequentialRecommender(build_student("gru4rec", num_items=planted.num_items, hidden_size=16),
+                                   sampled_negatives=20)
+    metrics = _trainer(1).test(module, dataloaders=datamodule.dataloader("test"), verbose=False)[0]
+    again = _trainer(1).test(module, dataloaders=datamodule.dataloader("test"), verbose=False)[0]
+    assert metrics["test/sampled20_ndcg@10"] == again["test/sampled20_ndcg@10"]  # fixed negatives
+    # 21 candidates instead of 61: the sampled rank is never worse than the full rank
+    assert metrics["test/sampled20_hr@10"] >= metrics["test/hr@10"]
