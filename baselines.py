@@ -7,19 +7,10 @@ import torch
 from recdistill.metrics import RankingAccumulator
 
 
-def popularity_scores(train_sequences: list, num_items: int) -> torch.Tensor:
-    """Training-interaction count per item, ``[num_items + 1]`` (column 0 = padding)."""
-    counts = torch.zeros(num_items + 1)
-    for seq in train_sequences:
-        counts.index_add_(0, torch.as_tensor(seq, dtype=torch.long), torch.ones(len(seq)))
-    return counts
-
-
 def most_popular_metrics(datamodule, split: str = "test", mask_seen: bool = True,
                          ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, float]:
     """Rank every item by training popularity for every user of ``split``."""
-    data = datamodule.split
-    scores = popularity_scores([data.sequences[u][:-2] for u in range(data.num_users)], data.num_items)
+    scores = torch.from_numpy(datamodule.split.item_train_counts()).float()  # column 0 = padding
     accumulator = RankingAccumulator(ks=ks)
     for batch in datamodule.dataloader(split):
         batch_scores = scores.expand(batch["target"].shape[0], -1)
