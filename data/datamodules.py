@@ -7,7 +7,8 @@ Sequential batches (item inputs LEFT-padded with 0, keeping the most recent ``ma
 - train: ``input_ids`` Long[B, L], ``labels`` Long[B, L] (next item per position, 0 = ignore),
   ``example_ids`` Long[B, L] (example id of each label, 0 where the label is 0; for teacher
   signals), ``user`` Long[B]; one row per user with >= 2 training items (input ``seq[:-3]``,
-  labels ``seq[1:-2]``, i.e. the training part ``seq[:-2]`` shifted).
+  labels ``seq[1:-2]``, i.e. the training part ``seq[:-2]`` shifted), or with
+  ``train_windows="all"`` one row per ``max_len`` window of that part (every label once).
 - valid/test/predict: ``input_ids`` Long[B, L], ``target`` Long[B], ``history`` Long[B, H] (all
   earlier items, left-padded to the batch's longest), ``user`` Long[B], ``example_id`` Long[B].
 """
@@ -25,26 +26,41 @@ from recdistill.data.ctr import CTRDataset, build_ctr_features, ctr_examples
 from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
 from recdistill.data.sequential import load_split
 
+TRAIN_WINDOWS = ("last", "all")
 _SPLIT_ALIASES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test",
                   "predict": "test"}
 
 
 class SequentialTrainDataset(BatchedDataset):
-    """One row per user: the training part ``seq[:-2]`` as (input, next-item labels)."""
+    """Rows of the training part ``seq[:-2]`` as (input, next-item labels).
 
-    def __init__(self, split: SequentialSplit, max_len: int):
+    ``windows="last"``: one row per user, its most recent ``max_len`` labels (SASRec's default).
+    ``windows="all"``: the labels cut into consecutive non-overlapping windows of ``max_len``
+    ending at the last one, so every training label is seen once per epoch; the input of an
+    earlier window is the ``max_len`` items before each of its labels, as in the last window.
+    """
+
+    def __init__(self, split: SequentialSplit, max_len: int, windows: str = "last"):
+        if windows not in TRAIN_WINDOWS:
+            raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {windows!r}")
         lengths = split.lengths
         self.flat = np.concatenate(split.sequences).astype(np.int64)
-        self.users = np.flatnonzero(lengths - 2 >= 2)
-        self.starts = offsets_of(lengths)[self.users]
-        self.ends = self.starts + lengths[self.users] - 3  # input = seq[:-3]; labels shifted by one
+        users = np.flatnonzero(lengths - 2 >= 2)
+        seq_starts = offsets_of(lengths)[users]
+        ends = seq_starts + lengths[users] - 3  # input = seq[:-3]; labels shifted by one
+        if windows == "all":
+            counts = -(-(ends - seq_starts) // max_len)  # ceil(#labels / max_len) windows per user
+            rows = np.repeat(np.arange(len(users)), counts)
+            back = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)  # 0 = last window
+            users, seq_starts, ends = users[rows], seq_starts[rows], ends[rows] - back * max_len
+        self.users, self.seq_starts, self.ends = users, seq_starts, ends
         self.max_len = max_len
 
     def __len__(self) -> int:
         return len(self.users)
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        s, e, user = self.starts[idx], self.ends[idx], self.users[idx]
+        s, e, user = self.seq_starts[idx], self.ends[idx], self.users[idx]
         labels = left_pad(self.flat, s + 1, e + 1, self.max_len)
         pos = (e + 1 - s)[:, None] - self.max_len + np.arange(self.max_len)[None, :]  # label position in seq
         example_ids = np.where(labels > 0, user[:, None] * EXAMPLE_STRIDE + pos, 0)
@@ -143,6 +159,7 @@ class SequentialDataModule(_SplitDataModule):
         data_format: str | None = None,
         column_map: dict[str, str] | None = None,
         max_len: int = 50,
+        train_windows: str = "last",
         batch_size: int = 256,
         eval_batch_size: int = 512,
         min_interactions: int = 3,
@@ -154,14 +171,17 @@ class SequentialDataModule(_SplitDataModule):
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.dataset, self.data_format, self.column_map = dataset, data_format, column_map
+        if train_windows not in TRAIN_WINDOWS:
+            raise ValueError(f"train_windows must be one of {TRAIN_WINDOWS}, got {train_windows!r}")
         self.max_len, self.batch_size, self.eval_batch_size = max_len, batch_size, eval_batch_size
+        self.train_windows = train_windows
         self.min_interactions, self.num_workers, self.seed = min_interactions, num_workers, seed
         self.split = self._load(dataset, data_format, column_map, min_interactions)
         self._datasets: dict[str, BatchedDataset] = {}
 
     def _dataset(self, split: str) -> BatchedDataset:
         if split not in self._datasets:
-            self._datasets[split] = (SequentialTrainDataset(self.split, self.max_len) if split == "train"
+            self._datasets[split] = (SequentialTrainDataset(self.split, self.max_len, self.train_windows) if split == "train"
                                      else SequentialEvalDataset(self.split, split, self.max_len))
         return self._datasets[split]
 

@@ -79,6 +79,32 @@ def test_train_labels_cover_every_train_target_when_long_enough(split):
     assert sorted(ids.tolist()) == split.example_ids("train").tolist()
 
 
+def test_all_windows_cover_every_train_target_once_with_short_windows(split):
+    dm = SequentialDataModule.from_split(split, max_len=3, batch_size=1000, train_windows="all")
+    batch = next(iter(dm.dataloader("train")))
+    ids = batch["example_ids"][batch["labels"] > 0]
+    assert sorted(ids.tolist()) == split.example_ids("train").tolist()  # each label exactly once
+    users, pos = split_example_id(ids.numpy())
+    labels = batch["labels"][batch["labels"] > 0].numpy()
+    np.testing.assert_array_equal(labels, [split.sequences[u][p] for u, p in zip(users, pos)])
+    # every labelled position's input is the item right before its label, in the same sequence
+    inputs = batch["input_ids"][batch["labels"] > 0].numpy()
+    np.testing.assert_array_equal(inputs, [split.sequences[u][p - 1] for u, p in zip(users, pos)])
+    # windows are at most max_len long and a user's last window equals the "last" mode row
+    last = next(iter(SequentialDataModule.from_split(split, max_len=3, batch_size=1000).dataloader("train")))
+    assert len(batch["user"]) > len(last["user"])
+    for row, user in enumerate(last["user"].tolist()):
+        rows = (batch["user"] == user).nonzero().flatten()
+        final = rows[batch["example_ids"][rows].amax(1).argmax()]
+        assert torch.equal(batch["input_ids"][final], last["input_ids"][row])
+        assert torch.equal(batch["labels"][final], last["labels"][row])
+
+
+def test_unknown_train_windows_is_named(split):
+    with pytest.raises(ValueError, match="train_windows"):
+        SequentialDataModule.from_split(split, max_len=3, train_windows="random")
+
+
 def test_eval_batches_history_and_targets(split):
     dm = SequentialDataModule.from_split(split, max_len=4, eval_batch_size=16)
     for name, cut in (("valid", 2), ("test", 1)):
