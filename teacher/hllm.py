@@ -63,6 +63,10 @@ class HLLMTeacher(L.LightningModule):
         lr / item_lr: learning rates (``item_lr`` for the item table; default ``lr``).
         weight_decay / item_weight_decay: AdamW weight decay (item table default: same).
         dropout: on the item vectors fed in and on the user state before the output projection.
+        item_bias: add a learnable per-item logit bias (popularity) to the cosine score.
+        collaborative_embeddings: a trained student folder (its ``item_embedding.weight``) or an
+            ``[N(+1), d]`` embedding file/tensor; frozen, standardised, linearly projected and
+            added to the item table (CoLLM, Zhang et al. 2023; A-LLMRec, Kim et al. KDD 2024).
         init_scale / learn_scale: cosine-logit temperature (learnable by default).
         dataset_fingerprint: recorded in checkpoints and signal caches (set by ``fit_teacher``).
     """
@@ -97,6 +101,8 @@ class HLLMTeacher(L.LightningModule):
         item_weight_decay: float | None = None,
         init_scale: float = 20.0,
         learn_scale: bool = True,
+        item_bias: bool = False,
+        collaborative_embeddings: Any = None,
         eval_ks: list[int] | None = None,
         mask_seen: bool = True,
         dataset_fingerprint: str | None = None,
@@ -111,7 +117,10 @@ class HLLMTeacher(L.LightningModule):
             raise ValueError("num_items must be >= 1")
         lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
         eval_ks = list(eval_ks or [5, 10, 20])
-        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer"])
+        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer", "collaborative_embeddings"])
+        self.collaborative_source = (None if collaborative_embeddings is None
+                                     else str(collaborative_embeddings) if not isinstance(collaborative_embeddings, Tensor)
+                                     else "<tensor>")
         self.num_items = num_items
         self.dataset_fingerprint = dataset_fingerprint
 
@@ -161,6 +170,12 @@ class HLLMTeacher(L.LightningModule):
             if item_table == "fusion":
                 self.item_residual = nn.Embedding(num_items + 1, d_item, padding_idx=0)
                 nn.init.zeros_(self.item_residual.weight)
+        if collaborative_embeddings is not None:  # CoLLM / A-LLMRec: frozen CF item embeddings
+            collab = load_collaborative_embeddings(collaborative_embeddings, num_items)
+            self.register_buffer("item_collab_emb", collab, persistent=True)
+            self.collab_proj = nn.Linear(collab.shape[1], d_item)
+        if item_bias:
+            self.item_bias = nn.Parameter(torch.zeros(num_items + 1))
         if self._uses_item_inputs:
             self.in_proj = nn.Linear(d_item, hidden)
         self.out_proj = nn.Linear(hidden, d_item)
@@ -204,10 +219,14 @@ class HLLMTeacher(L.LightningModule):
         """The item table used for input and scoring, ``[N + 1, d_item]`` (row 0 = padding)."""
         mode = self.hparams.item_table
         if mode == "trainable":
-            return self.item_emb.weight
-        if mode == "fusion":
-            return self.item_text_emb + self.item_residual.weight
-        return self.item_text_emb
+            table = self.item_emb.weight
+        elif mode == "fusion":
+            table = self.item_text_emb + self.item_residual.weight
+        else:
+            table = self.item_text_emb
+        if hasattr(self, "collab_proj"):
+            table = table + self.collab_proj(self.item_collab_emb)
+        return table
 
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp()
@@ -240,6 +259,8 @@ class HLLMTeacher(L.LightningModule):
         """Logits of ``user`` [..., d_item] against items ``start..stop-1`` (column index = item)."""
         items = self.normalized_items()[start:stop]
         logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
+        if self.hparams.item_bias:
+            logits = logits + self.item_bias[start:stop]
         if start == 0:
             logits = logits.clone()
             logits[..., 0] = -math.inf
@@ -307,7 +328,7 @@ class HLLMTeacher(L.LightningModule):
         for name, p in self.named_parameters():
             if not p.requires_grad:
                 continue
-            if name.startswith(("item_emb", "item_residual")):
+            if name.startswith(("item_emb", "item_residual", "item_bias")):
                 item_params.append(p)
             elif name == "log_scale" or name.endswith("bias"):
                 no_decay.append(p)
@@ -373,6 +394,7 @@ class HLLMTeacher(L.LightningModule):
         args = {k: v for k, v in dict(self.hparams).items() if k in accepted}  # drops LightningCLI's extras
         args.pop("progress", None)
         args["dataset_fingerprint"] = self.dataset_fingerprint
+        args["collaborative_embeddings"] = self.collaborative_source
         return args
 
     # ------------------------------------------------------------------ checkpoint
@@ -384,6 +406,7 @@ class HLLMTeacher(L.LightningModule):
             "class": f"{type(self).__module__}.{type(self).__qualname__}",
             "init_args": args,
             "item_dim": self.item_dim,
+            "collab_dim": int(self.item_collab_emb.shape[1]) if hasattr(self, "item_collab_emb") else None,
             "base_model": self.base_ref.to_dict(),
             "dataset_fingerprint": self.dataset_fingerprint,
             "trained_state_sha256": self.trained_state_hash(),
@@ -409,7 +432,10 @@ class HLLMTeacher(L.LightningModule):
         args.update(overrides)
         args["progress"] = False
         num_items = int(args["num_items"])
+        if meta.get("collab_dim"):  # the frozen CF table is restored from head.safetensors
+            args["collaborative_embeddings"] = torch.zeros(num_items + 1, int(meta["collab_dim"]))
         module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
+        module.collaborative_source = meta["init_args"].get("collaborative_embeddings")
         saved_ref = BaseModelRef.from_dict(meta["base_model"])
         if check_base and saved_ref.weights_sha256 and module.base_ref.weights_sha256 != saved_ref.weights_sha256:
             raise ValueError(
@@ -452,6 +478,36 @@ def load_item_embedding_file(path: str | Path) -> Tensor:
             raise TypeError(f"{path} does not hold a single tensor")
         return obj.float()
     raise ValueError(f"unsupported item embedding file {path} (use .safetensors, .npy or .pt)")
+
+
+def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
+    """Frozen collaborative item table ``[N + 1, d]`` (row 0 = padding) for CoLLM/A-LLMRec-style
+    fusion: a trained student folder (its ``item_embedding.weight``), an embedding file, or a tensor.
+    Rows are standardised per dimension over items 1..N (padding row kept at 0)."""
+    if isinstance(source, Tensor):
+        table = source.detach().float().cpu()
+    else:
+        path = Path(source)
+        if path.is_dir():
+            weights = path / "model.safetensors"
+            if not weights.is_file():
+                raise FileNotFoundError(f"collaborative_embeddings={path} is not a student folder (no model.safetensors)")
+            state = load_file(str(weights))
+            if "item_embedding.weight" not in state:
+                raise KeyError(f"student in {path} has no item_embedding.weight to use as collaborative_embeddings")
+            table = state["item_embedding.weight"].float()
+        else:
+            table = load_item_embedding_file(path)
+    if table.shape[0] == num_items:
+        table = torch.cat([torch.zeros(1, table.shape[1]), table], 0)
+    if table.shape[0] != num_items + 1:
+        raise ValueError(f"collaborative_embeddings has {table.shape[0]} rows; expected {num_items} items "
+                         f"(or {num_items + 1} with a padding row): was it trained on another dataset?")
+    if not bool(table[1:].abs().sum()):
+        return table  # an all-zero placeholder (from_pretrained restores the real table)
+    body = table[1:]
+    body = (body - body.mean(0)) / body.std(0).clamp_min(1e-6)
+    return torch.cat([torch.zeros(1, table.shape[1]), body], 0)
 
 
 def load_teacher(directory: str | Path, **overrides: Any) -> L.LightningModule:

@@ -167,3 +167,38 @@ def test_item_table_modes_and_frozen_base(split, tiny, cache_dir):
         _teacher(split, tiny, cache_dir, item_table="nope")
     with pytest.raises(ValueError, match="num_items"):
         _teacher(split, tiny, cache_dir, num_items=split.num_items + 1)
+
+
+def test_collaborative_embeddings_and_item_bias_roundtrip(split, tiny, cache_dir, tmp_path):
+    from recdistill.student import SASRec
+    from recdistill.student.io import save_student
+
+    torch.manual_seed(0)
+    student = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12)
+    save_student(student, tmp_path / "sasrec")
+    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", item_bias=True,
+                       collaborative_embeddings=str(tmp_path / "sasrec"))
+    table = student.item_embedding.weight.detach()[1:]
+    expected = (table - table.mean(0)) / table.std(0)  # standardised per dimension, padding row 0
+    assert torch.allclose(teacher.item_collab_emb[1:], expected, atol=1e-5)
+    assert not teacher.item_collab_emb[0].any() and not teacher.item_collab_emb.requires_grad
+    with torch.no_grad():
+        teacher.item_bias.normal_()
+        teacher.collab_proj.weight.normal_()
+    # the collaborative part changes the item table
+    assert not torch.allclose(teacher.item_vectors(), teacher.item_text_emb + teacher.item_residual.weight)
+    x = torch.tensor([[0, 3, 4, 5]])
+    teacher.eval()
+    with torch.no_grad():
+        user = teacher.encode(x)["user"][:, -1]
+        cosine = teacher.logit_scale() * (torch.nn.functional.normalize(user, dim=-1) @ teacher.normalized_items().t())
+        assert torch.allclose(teacher(x)[0, 1:], (cosine + teacher.item_bias)[0, 1:], atol=1e-5)
+    path = teacher.save_pretrained(tmp_path / "ckpt")
+    reloaded = load_teacher(path)  # the frozen CF table comes back from head.safetensors
+    assert reloaded.collaborative_source == str(tmp_path / "sasrec")
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), teacher(x))
+    with pytest.raises(ValueError, match="another dataset"):
+        _teacher(split, tiny, cache_dir, collaborative_embeddings=torch.zeros(split.num_items + 5, 4))
+    with pytest.raises(FileNotFoundError, match="student folder"):
+        _teacher(split, tiny, cache_dir, collaborative_embeddings=str(tmp_path))
