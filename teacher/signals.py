@@ -16,6 +16,11 @@ multi-process run writes byte-identical shards. Every file is written to a temp 
 ``os.replace``-d into place; per-rank progress files record finished shards (with sha256) and the
 manifest merges them.
 
+Several processes (``trainer_kwargs`` with ``devices``/``num_nodes`` and ``strategy="ddp"``): global
+rank 0 alone checks the folder and writes the manifest and the item table, then broadcasts the
+pending shards, dealt round-robin to the ranks; each rank computes the fixed batches feeding its
+shards and writes them; after a barrier rank 0 merges the progress files into the manifest.
+
 Train rows: the training part ``seq[:-2]`` is cut into windows of ``max_len`` items ending every
 ``train_stride`` positions (default ``max_len // 2``); each target is read from the first window
 that contains it, so it sees at least ``max_len - train_stride + 1`` earlier items (or all of them).
@@ -59,10 +64,6 @@ _TORCH_DTYPES = {"float16": torch.float16, "float32": torch.float32, "int32": to
 
 class CacheMismatchError(ValueError):
     """An existing cache was built for a different teacher / dataset / setting."""
-
-
-class _StopEmission(Exception):
-    """Raised by the writer after ``max_new_shards`` shards (a deliberate partial run)."""
 
 
 # --------------------------------------------------------------------------- hashing / io
@@ -213,16 +214,20 @@ class _WindowDataset(torch.utils.data.Dataset):
 
 
 class _BatchList(torch.utils.data.Dataset):
-    """Item ``i`` is the whole pre-planned batch ``batches[i]`` (used with ``batch_size=None``)."""
+    """Item ``i`` is the whole pre-planned batch ``batches[i] = (split, window indices)`` (used with
+    ``batch_size=None``); each batch carries its split name under ``"split"``. Filled in place by
+    :func:`emit_signals` once this rank's share of the work is known."""
 
-    def __init__(self, windows: _WindowDataset, batches: list[list[int]]) -> None:
-        self.windows, self.batches = windows, batches
+    def __init__(self) -> None:
+        self.windows: dict[str, _WindowDataset] = {}
+        self.batches: list[tuple[str, list[int]]] = []
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return self.windows.__getitems__(self.batches[i])
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        which, idx = self.batches[i]
+        return dict(self.windows[which].__getitems__(idx), split=which)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -309,60 +314,58 @@ def predict_signals(module, batch: dict[str, Tensor], *, k: int = 50, layers: Se
 
 # --------------------------------------------------------------------------- the writer
 class SignalShardWriter(BasePredictionWriter):
-    """Per-rank prediction writer: buffers rows of the shards this rank owns and writes each
-    shard (atomically) as soon as all of its rows have arrived."""
+    """Per-rank prediction writer: buffers the rows of the shards this rank owns and writes each
+    shard (atomically) as soon as all of its rows have arrived, recording it (with its sha256) in
+    ``progress-rank<global rank>.json``. Rows of shards owned by another rank (a batch that
+    straddles two shards is computed by both owners) are dropped."""
 
-    def __init__(self, output_dir: str | Path, split: str, shard_rows: dict[int, int],
-                 max_new_shards: int | None = None, metadata: dict[str, str] | None = None) -> None:
+    def __init__(self, output_dir: str | Path, metadata: dict[str, str] | None = None) -> None:
         super().__init__(write_interval="batch")
         self.output_dir = Path(output_dir)
-        self.split = split
-        self.expected = dict(shard_rows)  # shard index -> number of rows (pending shards of this rank)
-        self.buffers: dict[int, list[dict[str, Tensor]]] = {s: [] for s in self.expected}
-        self.counts: dict[int, int] = {s: 0 for s in self.expected}
-        self.written: dict[str, dict[str, Any]] = {}
-        self.max_new_shards = max_new_shards
         self.metadata = metadata or {}
         self.rank = 0
+        self.own({})
 
-    def own(self, shard_rows: dict[int, int]) -> None:
-        """Restrict the writer to the shards this rank owns."""
+    def own(self, shard_rows: dict[tuple[str, int], int], rank: int | None = None) -> None:
+        """Restrict the writer to the shards ``(split, index) -> number of rows`` this rank owns."""
         self.expected = dict(shard_rows)
-        self.buffers = {s: [] for s in self.expected}
-        self.counts = {s: 0 for s in self.expected}
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        self.rank = trainer.global_rank
+        self.buffers: dict[tuple[str, int], list[dict[str, Tensor]]] = {key: [] for key in self.expected}
+        self.counts: dict[tuple[str, int], int] = {key: 0 for key in self.expected}
+        self.written: dict[str, dict[str, Any]] = {}
+        if rank is not None:
+            self.rank = rank
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx,
                            dataloader_idx=0) -> None:
+        which = batch["split"]
         shards = prediction["shard"]
         for s in torch.unique(shards).tolist():
-            if s not in self.expected:
+            key = (which, int(s))
+            if key not in self.expected:
                 continue  # another rank owns it, or it is already complete
             sel = shards == s
-            part = {key: value[sel] for key, value in prediction.items() if key not in ("shard",)}
-            self.buffers[s].append(part)
-            self.counts[s] += int(sel.sum())
-            if self.counts[s] > self.expected[s]:
-                raise RuntimeError(f"shard {s} of {self.split} received {self.counts[s]} rows, expected {self.expected[s]}")
-            if self.counts[s] == self.expected[s]:
-                self._flush(s)
+            part = {name: value[sel] for name, value in prediction.items() if name != "shard"}
+            self.buffers[key].append(part)
+            self.counts[key] += int(sel.sum())
+            if self.counts[key] > self.expected[key]:
+                raise RuntimeError(f"shard {s} of {which} received {self.counts[key]} rows, "
+                                   f"expected {self.expected[key]}")
+            if self.counts[key] == self.expected[key]:
+                self._flush(key)
 
-    def _flush(self, s: int) -> None:
-        parts = self.buffers.pop(s)
+    def _flush(self, key: tuple[str, int]) -> None:
+        which, s = key
+        parts = self.buffers.pop(key)
         rows = torch.cat([p["row"] for p in parts])
         order = torch.argsort(rows)
-        tensors = {key: torch.cat([p[key] for p in parts])[order] for key in parts[0] if key != "row"}
-        name = shard_name(self.split, s)
+        tensors = {name: torch.cat([p[name] for p in parts])[order] for name in parts[0] if name != "row"}
+        name = shard_name(which, s)
         digest = atomic_save_safetensors(self.output_dir / name, tensors, metadata=self.metadata)
-        self.written[name] = {"sha256": digest, "rows": int(len(rows)), "split": self.split, "index": s}
+        self.written[name] = {"sha256": digest, "rows": int(len(rows)), "split": which, "index": s}
         progress_path = self.output_dir / f"progress-rank{self.rank}.json"
         progress = _read_json(progress_path) or {"shards": {}}
         progress["shards"][name] = self.written[name]
         atomic_write_json(progress_path, progress)
-        if self.max_new_shards is not None and len(self.written) >= self.max_new_shards:
-            raise _StopEmission()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -451,7 +454,19 @@ def emit_signals(
     ``module_or_dir`` is a teacher module or a teacher checkpoint folder. A cache built for a
     different teacher, dataset or setting is refused (:class:`CacheMismatchError` naming the
     field) unless ``overwrite``. Shards already complete (sha256-verified) are skipped.
-    ``max_new_shards`` stops after writing that many shards (the manifest stays incomplete).
+    ``max_new_shards`` writes only the first that many pending shards (the manifest stays
+    incomplete; a later call resumes).
+
+    Multi-process emission: pass e.g. ``trainer_kwargs={"accelerator": "gpu", "devices": 4,
+    "strategy": "ddp"}`` (or ``"num_nodes"``; under ``torchrun``/SLURM every process calls this
+    function). Every process runs this function; global rank 0 alone checks and writes the
+    manifest and the item table, then broadcasts the list of pending shards, which are dealt
+    round-robin to the ranks. Each rank runs the fixed global batches that feed its shards (no
+    distributed sampler, so nothing is padded or reordered), writes them and records them in
+    its own progress file; after a barrier rank 0 merges them into the manifest. The output
+    folder must be shared by all processes (one machine, or a shared file system). The content
+    does not depend on the number of processes. Spawn/fork strategies (``ddp_spawn``,
+    ``ddp_notebook``) are refused: use ``"ddp"``.
     """
     from recdistill.teacher.hllm import load_teacher
 
@@ -469,10 +484,8 @@ def emit_signals(
             raise ValueError(f"layer index {i} out of range 0..{n_states - 1} (0 = inputs, {n_states - 1} = final)")
     if module.num_items != split.num_items:
         raise CacheMismatchError(f"teacher has num_items={module.num_items} but the dataset has {split.num_items}")
-    if getattr(module, "last_position_only", False):
-        if train_stride not in (None, 1):
-            raise ValueError(f"{type(module).__name__} only predicts at the last position: use train_stride=1")
-        train_stride = 1
+    if max_new_shards is not None and max_new_shards < 1:
+        raise ValueError("max_new_shards must be >= 1 (or None for all)")
     if getattr(module, "last_position_only", False):
         if train_stride not in (None, 1):
             raise ValueError(f"{type(module).__name__} only predicts at the last position: use train_stride=1")
@@ -506,6 +519,111 @@ def emit_signals(
             f"the teacher was trained on dataset fingerprint {header['teacher_dataset_fingerprint']} but this "
             f"dataset is {split.fingerprint}; emit with the teacher trained on this data"
         )
+
+    kwargs = dict(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=True, enable_model_summary=False)
+    kwargs.update(trainer_kwargs or {})
+    # each rank gets its own pre-planned batch list: a DistributedSampler would split it again,
+    # pad it with duplicates and reorder it
+    kwargs["use_distributed_sampler"] = False
+    # one metadata key only: safetensors serialises a multi-key metadata map in random order,
+    # which would break byte-identical shards
+    writer = SignalShardWriter(out, metadata={"format": "pt"})
+    batches = _BatchList()
+    state: dict[str, Any] = {}
+
+    def prepare(trainer) -> None:
+        """Rank 0 prepares the folder and plans; every rank takes its share. Collective."""
+        rank, world = trainer.global_rank, trainer.world_size
+        job: dict[str, Any] | None = None
+        error: BaseException | None = None
+        if rank == 0:
+            try:
+                job = _prepare_cache(module, split, out, header, splits, overwrite=overwrite, max_len=max_len,
+                                     train_every=train_every, stride=stride, shard_size=shard_size,
+                                     max_new_shards=max_new_shards)
+            except Exception as exc:  # every rank must raise it, not wait for rank 0 forever
+                error = exc
+                job = {"error": _picklable(exc)}
+        if world > 1:
+            job = trainer.strategy.broadcast(job, src=0)
+        assert job is not None
+        if error is not None:
+            raise error
+        if "error" in job:
+            raise job["error"]
+        mine = job["work"][rank::world]  # pending shards dealt round-robin in global order
+        writer.own({(which, s): rows for which, s, rows in mine}, rank=rank)
+        batches.windows, batches.batches = _rank_batches(split, mine, max_len=max_len, train_every=train_every,
+                                                         stride=stride, shard_size=shard_size, batch_size=batch_size)
+        state["job"] = job
+
+    trainer = L.Trainer(callbacks=[_PrepareOnSetup(prepare, state), writer, *callbacks], **kwargs)
+    world, rank = trainer.world_size, trainer.global_rank
+    if world > 1:
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+            raise ValueError(f"emit_signals cannot run under a spawn/fork launcher (strategy="
+                             f"{kwargs.get('strategy')!r}): use strategy='ddp' (or torchrun/SLURM)")
+    else:
+        prepare(trainer)  # no collective needed: prepare now and skip the Trainer when nothing is pending
+    # with several processes, ``prepare`` runs from the ``setup`` hook, i.e. once the process
+    # group exists (the "ddp" launcher only starts the other ranks inside ``trainer.predict``)
+    if world > 1 or batches.batches:
+        module.emit_config = dict(k=k, layers=list(layers), exclude_target=exclude_target,
+                                  mask_history=mask_history, chunk_size=item_chunk_size, num_items=module.num_items)
+        zero_ok = module.allow_zero_length_dataloader_with_multiple_devices
+        module.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no shard left
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", ".*infer the batch indices.*")
+                warnings.filterwarnings("ignore", ".*does not have many workers.*")
+                warnings.filterwarnings("ignore", ".*across ranks is zero.*")
+                trainer.predict(module, dataloaders=loader, return_predictions=False)
+        finally:
+            module.emit_config = None
+            module.allow_zero_length_dataloader_with_multiple_devices = zero_ok
+    job = state["job"]
+    world, rank = trainer.world_size, trainer.global_rank
+    trainer.strategy.barrier("recdistill-emit-written")  # every rank's shards are on disk
+    missing = _finalize_cache(out, splits, job["work"]) if rank == 0 else None
+    if world > 1:  # also keeps every rank here until the manifest is final
+        missing = trainer.strategy.broadcast(missing, src=0)
+    if missing:
+        raise RuntimeError(f"emission finished without writing shards {missing}")
+    return out
+
+
+class _PrepareOnSetup(L.Callback):
+    """Runs ``prepare(trainer)`` from the ``setup`` hook (after the process group is initialised)
+    unless it already ran."""
+
+    def __init__(self, prepare, state: dict[str, Any]) -> None:
+        self.prepare, self.state = prepare, state
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if "job" not in self.state:
+            self.prepare(trainer)
+
+
+def _picklable(exc: BaseException) -> BaseException:
+    """``exc`` if it survives a pickle round trip (to broadcast it), else a RuntimeError naming it."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        return RuntimeError(f"{type(exc).__name__}: {exc}")
+
+
+def _prepare_cache(module, split, out: Path, header: dict[str, Any], splits: list[str], *, overwrite: bool,
+                   max_len: int, train_every: int, stride: int, shard_size: int, max_new_shards: int | None
+                   ) -> dict[str, Any]:
+    """Rank 0 only: check/clear the folder, write the manifest (incomplete) and the item table, and
+    list the pending shards ``(split, index, rows)`` of this run in canonical order."""
     manifest_path = out / "manifest.json"
     manifest = _read_json(manifest_path)
     if manifest is not None and overwrite:
@@ -539,41 +657,48 @@ def emit_signals(
         digest = atomic_save_safetensors(emb_path, {"item_embeddings": table, "logit_scale": scale})
         manifest["item_embeddings"] = {"file": emb_path.name, "sha256": digest, "shape": list(table.shape),
                                        "dtype": "float32", "scoring": "logit_scale * cosine(user, item)"}
-        atomic_write_json(manifest_path, manifest)
 
-    stopped = False
+    work: list[tuple[str, int, int]] = []
     for which in splits:
-        plan = plan_split(split, which, max_len, train_every=train_every, train_stride=stride)
-        n_rows = plan.num_rows
+        n_rows = plan_split(split, which, max_len, train_every=train_every, train_stride=stride).num_rows
         n_shards = max(1, math.ceil(n_rows / shard_size))
-        rows_per_shard = {s: min(shard_size, n_rows - s * shard_size) for s in range(n_shards)}
-        split_entry = {"num_examples": n_rows, "num_shards": n_shards, "shards": {}}
+        split_entry: dict[str, Any] = {"num_examples": n_rows, "num_shards": n_shards, "shards": {}}
         for s in range(n_shards):
             name = shard_name(which, s)
-            if name in good and good[name]["rows"] == rows_per_shard[s]:
+            rows = min(shard_size, n_rows - s * shard_size)
+            if name in good and good[name]["rows"] == rows:
                 split_entry["shards"][name] = good[name]
-        manifest["splits"][which] = split_entry
-        atomic_write_json(manifest_path, manifest)
-        pending = {s: r for s, r in rows_per_shard.items() if shard_name(which, s) not in split_entry["shards"]}
-        if n_rows == 0 or not pending:
-            continue
-        if stopped:
-            continue  # keep planning the remaining splits so the manifest lists them
-        new = _run_split(module, split, plan, which, out, pending, max_len=max_len, shard_size=shard_size,
-                         batch_size=batch_size, k=k, layers=layers, exclude_target=exclude_target,
-                         mask_history=mask_history, item_chunk_size=item_chunk_size,
-                         max_new_shards=max_new_shards, callbacks=callbacks, trainer_kwargs=trainer_kwargs)
-        if new is None:
-            stopped = True
-            new = {}
-        split_entry["shards"].update(new)
-        atomic_write_json(manifest_path, manifest)
-        if max_new_shards is not None:
-            max_new_shards -= len(new)
-            if stopped or max_new_shards <= 0:
-                stopped = True
+            elif n_rows and (max_new_shards is None or len(work) < max_new_shards):
+                work.append((which, s, rows))
+        manifest["splits"][which] = split_entry  # every split is listed, even past max_new_shards
+    atomic_write_json(manifest_path, manifest)
+    return {"work": work}
 
-    # merge per-rank progress and decide completeness
+
+def _rank_batches(split, mine: list[tuple[str, int, int]], *, max_len: int, train_every: int, stride: int,
+                  shard_size: int, batch_size: int
+                  ) -> tuple[dict[str, _WindowDataset], list[tuple[str, list[int]]]]:
+    """The fixed global batches (batch b = windows ``[b * batch_size, (b + 1) * batch_size)`` of a
+    split) that feed the shards in ``mine``, in canonical order."""
+    windows: dict[str, _WindowDataset] = {}
+    batches: list[tuple[str, list[int]]] = []
+    for which in dict.fromkeys(w for w, _, _ in mine):
+        plan = plan_split(split, which, max_len, train_every=train_every, train_stride=stride)
+        windows[which] = _WindowDataset(split, plan, max_len, shard_size)
+        owned = np.asarray([s for w, s, _ in mine if w == which], dtype=np.int64)
+        row_shard = np.arange(plan.num_rows) // shard_size
+        needed = np.unique(plan.row_window[np.isin(row_shard, owned)] // batch_size)
+        n_windows = len(plan.win_user)
+        batches += [(which, list(range(b * batch_size, min((b + 1) * batch_size, n_windows)))) for b in needed.tolist()]
+    return windows, batches
+
+
+def _finalize_cache(out: Path, splits: list[str], work: list[tuple[str, int, int]]) -> list[str]:
+    """Rank 0 only, after every rank wrote its shards: merge the per-rank progress files into the
+    manifest, decide completeness; returns the shards of ``work`` that are missing."""
+    manifest_path = out / "manifest.json"
+    manifest = _read_json(manifest_path)
+    assert manifest is not None
     good = _existing_complete_shards(out, manifest)
     complete = True
     for which in splits:
@@ -587,50 +712,4 @@ def emit_signals(
     if complete:
         for prog in out.glob("progress-rank*.json"):
             prog.unlink()
-    return out
-
-
-def _run_split(module, split, plan, which, out, pending, *, max_len, shard_size, batch_size, k, layers,
-               exclude_target, mask_history, item_chunk_size, max_new_shards, callbacks, trainer_kwargs
-               ) -> dict[str, dict[str, Any]] | None:
-    """Run ``Trainer.predict`` over the batches that feed the pending shards of this rank."""
-    kwargs = dict(accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
-                  enable_progress_bar=True, enable_model_summary=False, use_distributed_sampler=False)
-    kwargs.update(trainer_kwargs or {})
-    writer = SignalShardWriter(out, which, pending, max_new_shards=max_new_shards,
-                               metadata={"format": "pt"})  # one key only: safetensors
-    # serialises a multi-key metadata map in random order, which would break byte-identical shards
-    trainer = L.Trainer(callbacks=[writer, *callbacks], **kwargs)
-    world, rank = trainer.world_size, trainer.global_rank
-    mine = {s: r for s, r in pending.items() if s % world == rank}  # shard i belongs to rank i % world
-    writer.own(mine)
-    # fixed global batches of windows: batch b = windows [b * batch_size, (b + 1) * batch_size)
-    n_windows = len(plan.win_user)
-    row_shard = np.arange(plan.num_rows) // shard_size
-    win_shards: list[set[int]] = [set() for _ in range(n_windows)]
-    for w, s in zip(plan.row_window, row_shard):
-        win_shards[w].add(int(s))
-    batches = []
-    for start in range(0, n_windows, batch_size):
-        idx = list(range(start, min(start + batch_size, n_windows)))
-        if any(win_shards[w] & mine.keys() for w in idx):
-            batches.append(idx)
-    dataset = _WindowDataset(split, plan, max_len, shard_size)
-    loader = torch.utils.data.DataLoader(_BatchList(dataset, batches), batch_size=None, shuffle=False)
-    module.emit_config = dict(k=k, layers=list(layers), exclude_target=exclude_target, mask_history=mask_history,
-                              chunk_size=item_chunk_size, num_items=module.num_items)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*infer the batch indices.*")
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            trainer.predict(module, dataloaders=loader, return_predictions=False)
-        if trainer.world_size > 1:  # every rank's shards are on disk before anyone merges
-            trainer.strategy.barrier("recdistill-emit")
-    except _StopEmission:
-        return None
-    finally:
-        module.emit_config = None
-    missing = set(mine) - {v["index"] for v in writer.written.values()}
-    if missing:
-        raise RuntimeError(f"emission of {which} finished without writing shards {sorted(missing)}")
-    return writer.written
+    return [shard_name(which, s) for which, s, _ in work if shard_name(which, s) not in good]
