@@ -1,10 +1,23 @@
 """``recdistill teacher fit|emit|eval --config RECIPE --output-dir DIR [--section.key value ...]``.
 
 Recipe sections: ``seed_everything``, ``data`` (SequentialDataModule init args), ``model``
-(HLLMTeacher init args; ``num_items``, ``item_text`` and ``dataset_fingerprint`` are linked from
-the data), ``trainer`` (Lightning Trainer args), ``emit`` (signal emission settings) and
-``eval`` (evaluation settings). Outputs in DIR: ``adapter/`` + ``fit.json`` + ``config.yaml``
-(fit), ``signals/`` (emit, unless ``emit.output_dir`` is set), ``metrics.json`` (eval).
+(the teacher; ``num_items``, ``item_text`` and ``dataset_fingerprint`` are linked from the data),
+``trainer`` (Lightning Trainer args), ``emit`` (signal emission settings) and ``eval``
+(evaluation settings).
+
+``model`` is parsed in LightningCLI's subclass mode with ``HLLMTeacher`` as the base class. A flat
+section (``model: {num_layers: 6, ...}``) is taken by jsonargparse as the init args of the base
+class itself, i.e. ``HLLMTeacher``; another teacher is chosen the jsonargparse way::
+
+    model:
+      class_path: recdistill.teacher.TextPromptTeacher   # or just TextPromptTeacher
+      init_args: {num_layers: 30, max_history_items: 20}
+
+Overrides: ``--model.num_layers 4`` (either form) or ``--model.init_args.num_layers 4``;
+``--model.class_path ...`` switches the class. emit/eval load the fitted teacher (any class, as
+recorded in ``adapter/teacher.json``) and ignore the ``model`` section, but need fit's ``data``
+settings. Outputs in DIR: ``adapter/`` + ``fit.json`` + ``config.yaml`` (fit), ``signals/``
+(emit, unless ``emit.output_dir`` is set), ``metrics.json`` (eval).
 """
 
 from __future__ import annotations
@@ -39,19 +52,24 @@ def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
 
     from recdistill.data import SequentialDataModule
     from recdistill.teacher.hllm import HLLMTeacher
+    from recdistill.teacher.text_prompt import TextPromptTeacher  # noqa: F401  (short class_path names)
 
     class TeacherCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             _add_common(parser)
-            parser.link_arguments("data.num_items", "model.num_items", apply_on="instantiate")
-            parser.link_arguments("data.split", "model.item_text", apply_on="instantiate",
+            parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
+            parser.link_arguments("data.split", "model.init_args.item_text", apply_on="instantiate",
                                   compute_fn=lambda split: list(split.item_text))
-            parser.link_arguments("data.fingerprint", "model.dataset_fingerprint", apply_on="instantiate")
+            parser.link_arguments("data.fingerprint", "model.init_args.dataset_fingerprint", apply_on="instantiate")
+
+    import warnings
 
     from jsonargparse import lazy_instance
 
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # as student fit
     return TeacherCLI(
         model_class=HLLMTeacher,
+        subclass_mode_model=True,  # a flat `model:` section means HLLMTeacher itself (jsonargparse >= 4.29)
         datamodule_class=SequentialDataModule,
         args=["--config", str(config), *rest],
         run=False,

@@ -38,6 +38,10 @@ def test_teacher_cli_fit_eval_emit(tmp_path, monkeypatch):
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "config.yaml").is_file()
     fit = json.loads((out / "fit.json").read_text())
     assert len(fit["history"]) == 2 and fit["dataset_fingerprint"] == split.fingerprint
+    # a flat `model:` section still means HLLMTeacher
+    meta = json.loads((out / "adapter" / "teacher.json").read_text())
+    assert meta["class"] == "recdistill.teacher.hllm.HLLMTeacher" and meta["init_args"]["num_layers"] == 2
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["class_path"].endswith("HLLMTeacher")
     assert run_teacher_command("eval", cfg, out) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"valid", "test", "latency", "long_tail"} <= set(metrics)
@@ -86,3 +90,29 @@ def test_interrupted_teacher_fit_resumes_to_the_same_weights(tmp_path, monkeypat
     history = lambda run: json.loads((tmp_path / run / "fit.json").read_text())["history"]  # noqa: E731
     assert [h["epoch"] for h in history("cut")] == [0, 1, 2]
     assert history("cut")[-1]["valid/ndcg@10"] == pytest.approx(history("full")[-1]["valid/ndcg@10"], abs=1e-6)
+
+
+def test_wrong_teacher_class_path_is_named(tmp_path, monkeypatch, capsys):
+    from recdistill.data import synthetic_interactions
+
+    monkeypatch.setenv("RECDISTILL_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "events.csv"
+    synthetic_interactions(20, 10, mean_length=8, seed=1).interactions[["user_id", "item_id", "timestamp"]].to_csv(
+        csv, index=False)
+    recipe = {"data": {"dataset": str(csv), "max_len": 6},
+              "model": {"class_path": "recdistill.teacher.NoSuchTeacher", "init_args": {"num_layers": 2}},
+              "trainer": {"max_epochs": 1, "accelerator": "cpu"}}
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit):
+        run_teacher_command("fit", cfg, tmp_path / "run")
+    assert "recdistill.teacher.NoSuchTeacher" in capsys.readouterr().err
+    # a class that is not a teacher is refused too, naming the base class it must derive from
+    recipe["model"] = {"num_layers": 2}  # flat (HLLMTeacher), switched on the command line
+    cfg.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(SystemExit):
+        run_teacher_command("fit", cfg, tmp_path / "run",
+                            ["--model.class_path", "recdistill.data.SequentialDataModule"])
+    err = capsys.readouterr().err
+    assert "recdistill.data.SequentialDataModule" in err and "HLLMTeacher" in err
+    assert not (tmp_path / "run" / "adapter").exists()
