@@ -64,6 +64,8 @@ class HLLMTeacher(L.LightningModule):
         weight_decay / item_weight_decay: AdamW weight decay (item table default: same).
         dropout: on the item vectors fed in and on the user state before the output projection.
         item_bias: add a learnable per-item logit bias (popularity) to the cosine score.
+        random_init_layers: re-initialise the kept decoder layers and final norm (seeded, so a
+            reload rebuilds the same weights); item texts are still embedded by the pretrained model.
         collaborative_embeddings: a trained student folder (its ``item_embedding.weight``) or an
             ``[N(+1), d]`` embedding file/tensor; frozen, standardised, linearly projected and
             added to the item table (CoLLM, Zhang et al. 2023; A-LLMRec, Kim et al. KDD 2024).
@@ -103,6 +105,7 @@ class HLLMTeacher(L.LightningModule):
         learn_scale: bool = True,
         item_bias: bool = False,
         collaborative_embeddings: Any = None,
+        random_init_layers: bool = False,
         eval_ks: list[int] | None = None,
         mask_seen: bool = True,
         dataset_fingerprint: str | None = None,
@@ -141,6 +144,8 @@ class HLLMTeacher(L.LightningModule):
 
         truncate_layers(model, num_layers)
         inner = model.model
+        if random_init_layers:  # control: same architecture, no pretrained sequence knowledge
+            reinitialize_layers(model)
         with torch.no_grad():
             token_rms = inner.embed_tokens.weight.float().pow(2).mean().sqrt().item()
         hidden = int(model.config.hidden_size)
@@ -478,6 +483,16 @@ def load_item_embedding_file(path: str | Path) -> Tensor:
             raise TypeError(f"{path} does not hold a single tensor")
         return obj.float()
     raise ValueError(f"unsupported item embedding file {path} (use .safetensors, .npy or .pt)")
+
+
+def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
+    """Re-draw the decoder layers and final norm of a causal LM with its own ``_init_weights``
+    under a fixed seed (deterministic, independent of the global RNG)."""
+    inner = model.model
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for module in [*inner.layers.modules(), *inner.norm.modules()]:
+            model._init_weights(module)
 
 
 def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:

@@ -202,3 +202,20 @@ def test_collaborative_embeddings_and_item_bias_roundtrip(split, tiny, cache_dir
         _teacher(split, tiny, cache_dir, collaborative_embeddings=torch.zeros(split.num_items + 5, 4))
     with pytest.raises(FileNotFoundError, match="student folder"):
         _teacher(split, tiny, cache_dir, collaborative_embeddings=str(tmp_path))
+
+
+def test_random_init_layers_is_a_seeded_control(split, tiny, cache_dir, tmp_path):
+    pretrained = _teacher(split, tiny, cache_dir, item_table="fusion")
+    a = _teacher(split, tiny, cache_dir, item_table="fusion", random_init_layers=True)
+    b = _teacher(split, tiny, cache_dir, item_table="fusion", random_init_layers=True)
+    key = "base_model.model.layers.0.self_attn.q_proj.base_layer.weight"
+    weights = {name: dict(t.backbone.named_parameters())[key] for name, t in
+               (("pretrained", pretrained), ("a", a), ("b", b))}
+    assert not torch.allclose(weights["pretrained"], weights["a"])
+    assert torch.equal(weights["a"], weights["b"])  # same seed, same draw
+    assert torch.equal(pretrained.item_text_emb, a.item_text_emb)  # item texts still read by the pretrained LLM
+    x = torch.tensor([[0, 3, 4, 5]])
+    reloaded = load_teacher(a.save_pretrained(tmp_path / "random"))
+    a.eval()
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), a(x))
