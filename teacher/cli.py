@@ -41,6 +41,14 @@ def _add_common(parser) -> None:
     parser.add_argument("--emit.exclude_target", type=bool, default=True)
     parser.add_argument("--emit.overwrite", type=bool, default=False)
     parser.add_argument("--emit.output_dir", type=str | None, default=None)
+    parser.add_argument("--emit.max_new_shards", type=int | None, default=None,
+                        help="stop after writing this many shards (a later run resumes)")
+    parser.add_argument("--emit.accelerator", type=str, default="auto")
+    parser.add_argument("--emit.devices", type=int | str, default=1,
+                        help="processes for emission; with several, use --emit.strategy ddp")
+    parser.add_argument("--emit.num_nodes", type=int, default=1)
+    parser.add_argument("--emit.strategy", type=str, default="auto")
+    parser.add_argument("--emit.precision", type=str | None, default=None)
     parser.add_argument("--eval.long_tail_threshold", type=int, default=10)
     parser.add_argument("--eval.latency_users", type=int, default=200)
     parser.add_argument("--eval.splits", type=list[str], default=["valid", "test"])
@@ -100,6 +108,14 @@ def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
     return init.data, cfg.as_dict()
 
 
+def _emit_trainer_kwargs(e: dict[str, Any]) -> dict[str, Any]:
+    kwargs = {"accelerator": e["accelerator"], "devices": e["devices"], "num_nodes": e["num_nodes"],
+              "strategy": e["strategy"]}
+    if e.get("precision"):
+        kwargs["precision"] = e["precision"]
+    return kwargs
+
+
 def run_teacher_command(action: str, config: str | Path, output_dir: str | Path, rest: list[str] | None = None,
                         resume: bool = False) -> int:
     """Dispatch ``fit`` / ``emit`` / ``eval``; returns a process exit code."""
@@ -129,7 +145,8 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
         path = emit_signals(module, datamodule, out, k=e["k"], layers=e["layers"], splits=e["splits"],
                             shard_size=e["shard_size"], overwrite=e["overwrite"], train_every=e["train_every"],
                             train_stride=e["train_stride"], exclude_target=e["exclude_target"],
-                            batch_size=e["batch_size"])
+                            batch_size=e["batch_size"], max_new_shards=e["max_new_shards"],
+                            trainer_kwargs=_emit_trainer_kwargs(e))
         print(f"wrote teacher signals {path}")
         return 0
     if action == "eval":

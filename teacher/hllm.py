@@ -66,6 +66,10 @@ class HLLMTeacher(L.LightningModule):
         item_bias: add a learnable per-item logit bias (popularity) to the cosine score.
         random_init_layers: re-initialise the kept decoder layers and final norm (seeded, so a
             reload rebuilds the same weights); item texts are still embedded by the pretrained model.
+        collaborative_model: a trained causal student folder (or module), frozen; its logits are
+            added to the teacher's with a learnable weight, so the LLM learns what the CF model
+            misses (a hybrid LLM + CF teacher; cf. CoLLM, A-LLMRec). ``user`` then carries the CF
+            state after the first ``item_dim`` columns.
         collaborative_embeddings: a trained student folder (its ``item_embedding.weight``) or an
             ``[N(+1), d]`` embedding file/tensor; frozen, standardised, linearly projected and
             added to the item table (CoLLM, Zhang et al. 2023; A-LLMRec, Kim et al. KDD 2024).
@@ -106,6 +110,7 @@ class HLLMTeacher(L.LightningModule):
         item_bias: bool = False,
         collaborative_embeddings: Any = None,
         random_init_layers: bool = False,
+        collaborative_model: Any = None,
         eval_ks: list[int] | None = None,
         mask_seen: bool = True,
         dataset_fingerprint: str | None = None,
@@ -120,7 +125,11 @@ class HLLMTeacher(L.LightningModule):
             raise ValueError("num_items must be >= 1")
         lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
         eval_ks = list(eval_ks or [5, 10, 20])
-        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer", "collaborative_embeddings"])
+        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer", "collaborative_embeddings",
+                                          "collaborative_model"])
+        self.collaborative_model_source = (None if collaborative_model is None
+                                           else str(collaborative_model) if not isinstance(collaborative_model, nn.Module)
+                                           else "<module>")
         self.collaborative_source = (None if collaborative_embeddings is None
                                      else str(collaborative_embeddings) if not isinstance(collaborative_embeddings, Tensor)
                                      else "<tensor>")
@@ -181,6 +190,11 @@ class HLLMTeacher(L.LightningModule):
             self.collab_proj = nn.Linear(collab.shape[1], d_item)
         if item_bias:
             self.item_bias = nn.Parameter(torch.zeros(num_items + 1))
+        if collaborative_model is not None:  # frozen CF recommender; the LLM learns its residual
+            if not self._uses_item_inputs:
+                raise ValueError(f"{type(self).__name__} does not support collaborative_model")
+            self.collab_model = load_collaborative_model(collaborative_model, num_items)
+            self.collab_weight = nn.Parameter(torch.tensor(1.0))
         if self._uses_item_inputs:
             self.in_proj = nn.Linear(d_item, hidden)
         self.out_proj = nn.Linear(hidden, d_item)
@@ -233,6 +247,12 @@ class HLLMTeacher(L.LightningModule):
             table = table + self.collab_proj(self.item_collab_emb)
         return table
 
+    def train(self, mode: bool = True) -> "HLLMTeacher":
+        super().train(mode)
+        if hasattr(self, "collab_model"):
+            self.collab_model.eval()  # frozen CF model: no dropout while the teacher trains
+        return self
+
     def logit_scale(self) -> Tensor:
         return self.log_scale.exp()
 
@@ -252,6 +272,9 @@ class HLLMTeacher(L.LightningModule):
         )
         hidden = out.last_hidden_state
         user = self.out_proj(self.drop(hidden))
+        if hasattr(self, "collab_model"):  # carry the CF state along: score_items splits it off
+            with torch.no_grad():
+                user = torch.cat([user, self.collab_model.encode(input_ids).sequence.to(user.dtype)], -1)
         result = {"user": user, "hidden": hidden}
         if output_hidden_states:
             result["hidden_states"] = out.hidden_states
@@ -261,11 +284,19 @@ class HLLMTeacher(L.LightningModule):
         return F.normalize(self.item_vectors(), dim=-1)
 
     def score_items(self, user: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
-        """Logits of ``user`` [..., d_item] against items ``start..stop-1`` (column index = item)."""
+        """Logits of ``user`` [..., d_item (+ d_cf)] against items ``start..stop-1`` (column index =
+        item): scale x cosine (+ item bias) (+ collab_weight x the frozen CF model's logits)."""
         items = self.normalized_items()[start:stop]
+        cf_state = None
+        if hasattr(self, "collab_model"):
+            user, cf_state = user[..., :self.item_dim], user[..., self.item_dim:]
         logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
         if self.hparams.item_bias:
             logits = logits + self.item_bias[start:stop]
+        if cf_state is not None:
+            with torch.no_grad():
+                cf_logits = self.collab_model.score(cf_state)[..., start:stop]
+            logits = logits + self.collab_weight * cf_logits
         if start == 0:
             logits = logits.clone()
             logits[..., 0] = -math.inf
@@ -400,6 +431,7 @@ class HLLMTeacher(L.LightningModule):
         args.pop("progress", None)
         args["dataset_fingerprint"] = self.dataset_fingerprint
         args["collaborative_embeddings"] = self.collaborative_source
+        args["collaborative_model"] = self.collaborative_model_source
         return args
 
     # ------------------------------------------------------------------ checkpoint
@@ -412,6 +444,8 @@ class HLLMTeacher(L.LightningModule):
             "init_args": args,
             "item_dim": self.item_dim,
             "collab_dim": int(self.item_collab_emb.shape[1]) if hasattr(self, "item_collab_emb") else None,
+            "collab_model": ({"name": self.collab_model.registry_name, "init_args": self.collab_model.init_args}
+                             if hasattr(self, "collab_model") else None),
             "base_model": self.base_ref.to_dict(),
             "dataset_fingerprint": self.dataset_fingerprint,
             "trained_state_sha256": self.trained_state_hash(),
@@ -439,8 +473,14 @@ class HLLMTeacher(L.LightningModule):
         num_items = int(args["num_items"])
         if meta.get("collab_dim"):  # the frozen CF table is restored from head.safetensors
             args["collaborative_embeddings"] = torch.zeros(num_items + 1, int(meta["collab_dim"]))
+        if meta.get("collab_model"):  # rebuilt from its spec; weights come from head.safetensors
+            from recdistill.student import build_student
+
+            spec = meta["collab_model"]
+            args["collaborative_model"] = build_student(spec["name"], **spec["init_args"])
         module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
         module.collaborative_source = meta["init_args"].get("collaborative_embeddings")
+        module.collaborative_model_source = meta["init_args"].get("collaborative_model")
         saved_ref = BaseModelRef.from_dict(meta["base_model"])
         if check_base and saved_ref.weights_sha256 and module.base_ref.weights_sha256 != saved_ref.weights_sha256:
             raise ValueError(
@@ -493,6 +533,22 @@ def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
         torch.manual_seed(seed)
         for module in [*inner.layers.modules(), *inner.norm.modules()]:
             model._init_weights(module)
+
+
+def load_collaborative_model(source: Any, num_items: int) -> nn.Module:
+    """A trained sequential student (folder written by ``save_student`` or a module), frozen and
+    kept in eval mode; its next-item logits are added to the teacher's."""
+    from recdistill.student.io import load_student
+
+    model = source if isinstance(source, nn.Module) else load_student(source)
+    if getattr(model, "objective", None) != "next_item":
+        raise ValueError(f"collaborative_model must be a causal next-item student, got {type(model).__name__}")
+    if int(getattr(model, "num_items", -1)) != num_items:
+        raise ValueError(f"collaborative_model has num_items={getattr(model, 'num_items', None)} but the data has "
+                         f"{num_items}: was it trained on another dataset?")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
 
 
 def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:

@@ -219,3 +219,38 @@ def test_random_init_layers_is_a_seeded_control(split, tiny, cache_dir, tmp_path
     a.eval()
     with torch.no_grad():
         assert torch.equal(reloaded(x), a(x))
+
+
+def test_collaborative_model_adds_frozen_cf_logits(split, tiny, cache_dir, tmp_path):
+    from recdistill.student import SASRec, build_student
+    from recdistill.student.io import save_student
+
+    torch.manual_seed(0)
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12).eval()
+    save_student(cf, tmp_path / "cf")
+    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", item_bias=True,
+                       collaborative_model=str(tmp_path / "cf"))
+    trainable = {n for n, p in teacher.named_parameters() if p.requires_grad}
+    assert "collab_weight" in trainable and not any(n.startswith("collab_model.") for n in trainable)
+    teacher.train()
+    assert teacher.drop.training and not teacher.collab_model.training  # the CF model never drops out
+    teacher.eval()
+    with torch.no_grad():
+        teacher.collab_weight.fill_(0.7)
+        teacher.item_bias.normal_()
+    x = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        user = teacher.encode(x)["user"][:, -1]
+        llm = user[:, :teacher.item_dim]
+        want = teacher.logit_scale() * (torch.nn.functional.normalize(llm, dim=-1) @ teacher.normalized_items().t())
+        want = want + teacher.item_bias + 0.7 * cf(x)
+        assert torch.allclose(teacher(x)[:, 1:], want[:, 1:], atol=1e-4)
+        # chunked scoring agrees with the full row
+        assert torch.allclose(teacher.score_items(user, 10, 20), teacher(x)[:, 10:20], atol=1e-5)
+    reloaded = load_teacher(teacher.save_pretrained(tmp_path / "ckpt"))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), teacher(x))
+    assert reloaded.collaborative_model_source == str(tmp_path / "cf")
+    other = build_student("sasrec", num_items=split.num_items + 3, hidden_size=8, num_layers=1, max_len=12)
+    with pytest.raises(ValueError, match="another dataset"):
+        _teacher(split, tiny, cache_dir, collaborative_model=other)

@@ -253,3 +253,23 @@ def test_reader_shuffled_ids_and_unknown_ids(full_cache, split):
     with pytest.raises(CacheMismatchError, match="num_items"):
         TeacherSignals(full_cache, split=other)
     reader.verify()
+
+
+def test_hybrid_teacher_with_a_collaborative_model_emits_its_fused_ranking(tmp_path, split, dm):
+    """A teacher fused with a frozen SASRec (logit level) emits the top-K of the fused scores."""
+    from recdistill.student import SASRec
+
+    tiny = make_tiny_llama(tmp_path / "tiny", texts=split.item_text, num_layers=2)
+    torch.manual_seed(1)
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=10)
+    t = HLLMTeacher(num_items=split.num_items, item_text=split.item_text, base_model=str(tiny), num_layers=2,
+                    embedding_cache_dir=str(tmp_path / "emb"), progress=False, collaborative_model=cf).eval()
+    out = emit_signals(t, dm, tmp_path / "signals", **{**SETTINGS, "layers": [2]}, splits=["valid", "test"])
+    reader = TeacherSignals(out, split=split)
+    for which in ("valid", "test"):
+        ids = split.example_ids(which)
+        got = reader.get(ids, keys=("topk_items", "topk_scores", "user"))
+        want_items, want_scores = _brute_force(t, split, ids, 10, 7)
+        assert torch.equal(got["topk_items"].long(), want_items)
+        assert torch.allclose(got["topk_scores"], want_scores, atol=1e-4)
+        assert got["user"].shape[1] == t.item_dim + 8  # LLM user vector + the CF state
