@@ -540,6 +540,11 @@ def load_collaborative_model(source: Any, num_items: int) -> nn.Module:
     kept in eval mode; its next-item logits are added to the teacher's."""
     from recdistill.student.io import load_student
 
+    if not isinstance(source, nn.Module) and not (Path(source) / "student.json").is_file():
+        raise FileNotFoundError(
+            f"model.collaborative_model={source} is not a trained student folder. Train it first, e.g. "
+            f"`recdistill student fit --config ml100k_sasrec_windows --output-dir runs/ml100k/sasrec_windows` "
+            f"(the folder is OUTPUT_DIR/student), or set model.collaborative_model to null")
     model = source if isinstance(source, nn.Module) else load_student(source)
     if getattr(model, "objective", None) != "next_item":
         raise ValueError(f"collaborative_model must be a causal next-item student, got {type(model).__name__}")
@@ -559,6 +564,11 @@ def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
         table = source.detach().float().cpu()
     else:
         path = Path(source)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"model.collaborative_embeddings={path} does not exist. Train the collaborative student first, e.g. "
+                f"`recdistill student fit --config ml100k_sasrec_windows --output-dir runs/ml100k/sasrec_windows` "
+                f"(the folder is OUTPUT_DIR/student), or set model.collaborative_embeddings to null")
         if path.is_dir():
             weights = path / "model.safetensors"
             if not weights.is_file():

@@ -254,3 +254,9 @@ def test_collaborative_model_adds_frozen_cf_logits(split, tiny, cache_dir, tmp_p
     other = build_student("sasrec", num_items=split.num_items + 3, hidden_size=8, num_layers=1, max_len=12)
     with pytest.raises(ValueError, match="another dataset"):
         _teacher(split, tiny, cache_dir, collaborative_model=other)
+
+
+def test_missing_collaborative_inputs_name_the_field_and_the_fix(split, tiny, cache_dir, tmp_path):
+    for field in ("collaborative_model", "collaborative_embeddings"):
+        with pytest.raises(FileNotFoundError, match=f"model.{field}=.*recdistill student fit"):
+            _teacher(split, tiny, cache_dir, item_table="fusion", **{field: str(tmp_path / "missing")})
