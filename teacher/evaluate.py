@@ -140,6 +140,23 @@ def evaluate_teacher(
             entry.update(ranking_metrics_from_ranks(ranks[tail], ks))
         long_tail[which] = entry
     result["long_tail"] = long_tail
+    alpha = getattr(module, "fusion_alpha", None)
+    if alpha is not None:  # an ensemble teacher: each part alone, for the record
+        chosen = float(alpha)
+        result["fusion"] = {"alpha": chosen, "definition": "alpha * LLM teacher logits + (1 - alpha) * collaborative logits"}
+        try:
+            for name, value in (("llm_only", 1.0), ("collaborative_only", 0.0)):
+                alpha.fill_(value)
+                part: dict[str, Any] = {}
+                for which in splits:
+                    acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
+                    part[which] = acc.compute()
+                    tail = counts[acc.targets()] <= long_tail_threshold
+                    if bool(tail.any()):
+                        part[f"long_tail_{which}"] = ranking_metrics_from_ranks(acc.ranks()[tail], ks)
+                result["fusion"][name] = part
+        finally:
+            alpha.fill_(chosen)
     text_emb = getattr(module, "item_text_emb", None)  # frozen LLM item embeddings (fusion / frozen tables)
     if text_emb is not None:
         result["untuned_llm"] = evaluate_untuned_llm(text_emb, datamodule, splits=splits, ks=ks, mask_seen=mask_seen)

@@ -66,10 +66,14 @@ class HLLMTeacher(L.LightningModule):
         item_bias: add a learnable per-item logit bias (popularity) to the cosine score.
         random_init_layers: re-initialise the kept decoder layers and final norm (seeded, so a
             reload rebuilds the same weights); item texts are still embedded by the pretrained model.
-        collaborative_model: a trained causal student folder (or module), frozen; its logits are
-            added to the teacher's with a learnable weight, so the LLM learns what the CF model
-            misses (a hybrid LLM + CF teacher; cf. CoLLM, A-LLMRec). ``user`` then carries the CF
-            state after the first ``item_dim`` columns.
+        collaborative_model: a trained causal student folder (or module), frozen, whose logits are
+            mixed with the teacher's (a hybrid LLM + CF teacher; cf. CoLLM, A-LLMRec). ``user``
+            then carries the CF state after the first ``item_dim`` columns.
+        collaborative_fusion: ``"ensemble"`` (default): the LLM part trains on its own loss and the
+            output is ``alpha * teacher + (1 - alpha) * cf`` logits, ``alpha`` chosen on validation
+            NDCG@10 from 0, 0.1, ..., 1 after every epoch (logged as ``valid/fusion_alpha``);
+            ``"joint"``: ``teacher + w * cf`` with ``w`` learned, trained end to end (the LLM
+            learns the CF model's residual).
         collaborative_embeddings: a trained student folder (its ``item_embedding.weight``) or an
             ``[N(+1), d]`` embedding file/tensor; frozen, standardised, linearly projected and
             added to the item table (CoLLM, Zhang et al. 2023; A-LLMRec, Kim et al. KDD 2024).
@@ -111,6 +115,7 @@ class HLLMTeacher(L.LightningModule):
         collaborative_embeddings: Any = None,
         random_init_layers: bool = False,
         collaborative_model: Any = None,
+        collaborative_fusion: str = "ensemble",
         eval_ks: list[int] | None = None,
         mask_seen: bool = True,
         dataset_fingerprint: str | None = None,
@@ -193,8 +198,14 @@ class HLLMTeacher(L.LightningModule):
         if collaborative_model is not None:  # frozen CF recommender; the LLM learns its residual
             if not self._uses_item_inputs:
                 raise ValueError(f"{type(self).__name__} does not support collaborative_model")
+            if collaborative_fusion not in COLLABORATIVE_FUSIONS:
+                raise ValueError(f"collaborative_fusion must be one of {COLLABORATIVE_FUSIONS}, "
+                                 f"got {collaborative_fusion!r}")
             self.collab_model = load_collaborative_model(collaborative_model, num_items)
-            self.collab_weight = nn.Parameter(torch.tensor(1.0))
+            if collaborative_fusion == "joint":
+                self.collab_weight = nn.Parameter(torch.tensor(1.0))
+            else:  # LLM weight of the logit mixture, chosen on validation after every epoch
+                self.register_buffer("fusion_alpha", torch.tensor(1.0), persistent=True)
         if self._uses_item_inputs:
             self.in_proj = nn.Linear(d_item, hidden)
         self.out_proj = nn.Linear(hidden, d_item)
@@ -206,6 +217,7 @@ class HLLMTeacher(L.LightningModule):
         else:
             self.register_buffer("log_scale", scale, persistent=True)
         self._val_acc = None
+        self._val_mix = None
         self._test_acc = None
         self.emit_config: dict[str, Any] | None = None  # set by signals.emit_signals
         self.train()  # the base was loaded in eval mode; Lightning restores per-module modes
@@ -283,9 +295,10 @@ class HLLMTeacher(L.LightningModule):
     def normalized_items(self) -> Tensor:
         return F.normalize(self.item_vectors(), dim=-1)
 
-    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None, fuse: bool = True) -> Tensor:
         """Logits of ``user`` [..., d_item (+ d_cf)] against items ``start..stop-1`` (column index =
-        item): scale x cosine (+ item bias) (+ collab_weight x the frozen CF model's logits)."""
+        item): scale x cosine (+ item bias); with a collaborative model and ``fuse``, mixed with its
+        logits: ``alpha * teacher + (1 - alpha) * cf`` (ensemble) or ``teacher + w * cf`` (joint)."""
         items = self.normalized_items()[start:stop]
         cf_state = None
         if hasattr(self, "collab_model"):
@@ -293,10 +306,13 @@ class HLLMTeacher(L.LightningModule):
         logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
         if self.hparams.item_bias:
             logits = logits + self.item_bias[start:stop]
-        if cf_state is not None:
+        if cf_state is not None and fuse:
             with torch.no_grad():
                 cf_logits = self.collab_model.score(cf_state)[..., start:stop]
-            logits = logits + self.collab_weight * cf_logits
+            if hasattr(self, "collab_weight"):
+                logits = logits + self.collab_weight * cf_logits
+            else:
+                logits = mix_logits(logits, cf_logits, self.fusion_alpha, padding_column=start == 0)
         if start == 0:
             logits = logits.clone()
             logits[..., 0] = -math.inf
@@ -312,7 +328,9 @@ class HLLMTeacher(L.LightningModule):
         labels = batch["labels"]
         user = self.encode(batch["input_ids"])["user"]
         sel = labels > 0
-        return F.cross_entropy(self.score_items(user[sel]), labels[sel])
+        # ensemble fusion: the LLM learns on its own; the mixture weight is chosen on validation
+        fuse = not hasattr(self, "fusion_alpha")
+        return F.cross_entropy(self.score_items(user[sel], fuse=fuse), labels[sel])
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(batch)
@@ -327,15 +345,36 @@ class HLLMTeacher(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self._val_acc = self._accumulator()
+        self._val_mix = {a: self._accumulator() for a in FUSION_GRID} if hasattr(self, "fusion_alpha") else None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        scores = self(batch["input_ids"])
-        self._val_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+        if self._val_mix is None:
+            scores = self(batch["input_ids"])
+            self._val_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+            return
+        user = self.encode(batch["input_ids"])["user"][:, -1]
+        teacher = self.score_items(user, fuse=False)
+        cf = self.collab_model.score(user[..., self.item_dim:])
+        for alpha, acc in self._val_mix.items():
+            acc.update(mix_logits(teacher, cf, alpha), batch["target"], batch.get("history"),
+                       mask_seen=self.hparams.mask_seen)
 
     def on_validation_epoch_end(self) -> None:
-        if self._val_acc is None or self._val_acc.num_examples == 0:
-            return
-        for key, value in self._val_acc.compute().items():
+        if self._val_mix is not None:
+            results = {alpha: acc.compute() for alpha, acc in self._val_mix.items() if acc.num_examples}
+            if not results:
+                return
+            best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
+            self.fusion_alpha.fill_(best)
+            self.log("valid/fusion_alpha", float(best), sync_dist=True)
+            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"], sync_dist=True)
+            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"], sync_dist=True)
+            metrics = results[best]
+        else:
+            if self._val_acc is None or self._val_acc.num_examples == 0:
+                return
+            metrics = self._val_acc.compute()
+        for key, value in metrics.items():
             self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
 
     def on_test_epoch_start(self) -> None:
@@ -533,6 +572,21 @@ def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
         torch.manual_seed(seed)
         for module in [*inner.layers.modules(), *inner.norm.modules()]:
             model._init_weights(module)
+
+
+COLLABORATIVE_FUSIONS = ("ensemble", "joint")
+FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # LLM weight alpha in the logit mixture
+
+
+def mix_logits(teacher: Tensor, collaborative: Tensor, alpha: float | Tensor, padding_column: bool = True) -> Tensor:
+    """``alpha * teacher + (1 - alpha) * collaborative`` (a log-linear pool of the two softmaxes;
+    ranking-equivalent to a weighted sum of their log-probabilities), column 0 kept at ``-inf``."""
+    teacher = teacher.masked_fill(torch.isinf(teacher), 0.0) if padding_column else teacher
+    mixed = alpha * teacher + (1 - alpha) * collaborative
+    if padding_column:
+        mixed = mixed.clone()
+        mixed[..., 0] = -math.inf
+    return mixed
 
 
 def load_collaborative_model(source: Any, num_items: int) -> nn.Module:

@@ -221,7 +221,7 @@ def test_random_init_layers_is_a_seeded_control(split, tiny, cache_dir, tmp_path
         assert torch.equal(reloaded(x), a(x))
 
 
-def test_collaborative_model_adds_frozen_cf_logits(split, tiny, cache_dir, tmp_path):
+def test_joint_collaborative_model_adds_frozen_cf_logits(split, tiny, cache_dir, tmp_path):
     from recdistill.student import SASRec, build_student
     from recdistill.student.io import save_student
 
@@ -229,7 +229,7 @@ def test_collaborative_model_adds_frozen_cf_logits(split, tiny, cache_dir, tmp_p
     cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12).eval()
     save_student(cf, tmp_path / "cf")
     teacher = _teacher(split, tiny, cache_dir, item_table="fusion", item_bias=True,
-                       collaborative_model=str(tmp_path / "cf"))
+                       collaborative_model=str(tmp_path / "cf"), collaborative_fusion="joint")
     trainable = {n for n, p in teacher.named_parameters() if p.requires_grad}
     assert "collab_weight" in trainable and not any(n.startswith("collab_model.") for n in trainable)
     teacher.train()
@@ -260,3 +260,45 @@ def test_missing_collaborative_inputs_name_the_field_and_the_fix(split, tiny, ca
     for field in ("collaborative_model", "collaborative_embeddings"):
         with pytest.raises(FileNotFoundError, match=f"model.{field}=.*recdistill student fit"):
             _teacher(split, tiny, cache_dir, item_table="fusion", **{field: str(tmp_path / "missing")})
+
+
+def test_ensemble_fusion_mixes_logits_and_picks_alpha_on_validation(split, tiny, cache_dir, tmp_path):
+    from recdistill.student import SASRec
+    from recdistill.teacher.evaluate import evaluate_teacher
+    from recdistill.teacher.fit import fit_teacher
+    from recdistill.teacher.hllm import FUSION_GRID
+
+    torch.manual_seed(0)
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12).eval()
+    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", collaborative_model=cf)
+    assert "collab_weight" not in dict(teacher.named_parameters())
+    x = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 5]])
+    teacher.eval()
+    with torch.no_grad():
+        teacher.fusion_alpha.fill_(0.3)
+        user = teacher.encode(x)["user"][:, -1]
+        alone = teacher.score_items(user, fuse=False)
+        assert torch.allclose(teacher(x)[:, 1:], 0.3 * alone[:, 1:] + 0.7 * cf(x)[:, 1:], atol=1e-5)
+        assert torch.isinf(teacher(x)[:, 0]).all()
+        assert torch.allclose(teacher.score_items(user, 10, 20), teacher(x)[:, 10:20], atol=1e-5)
+
+    dm = SequentialDataModule.from_split(split, max_len=12, batch_size=16, eval_batch_size=64)
+    fit_teacher(teacher, dm, _trainer(2), tmp_path / "fit")
+    fit = json.loads((tmp_path / "fit" / "fit.json").read_text())
+    best = fit["history"][fit["best_epoch"]]
+    alpha = float(teacher.fusion_alpha)
+    assert best["valid/fusion_alpha"] == pytest.approx(alpha) and min(abs(a - alpha) for a in FUSION_GRID) < 1e-6
+    # the chosen mixture is at least as good on validation as either part alone
+    assert best["valid/ndcg@10"] >= max(best["valid/llm_ndcg@10"], best["valid/collaborative_ndcg@10"]) - 1e-6
+    metrics = evaluate_teacher(teacher, dm, latency=False)
+    assert metrics["valid"]["ndcg@10"] == pytest.approx(best["valid/ndcg@10"], abs=1e-6)
+    assert metrics["fusion"]["alpha"] == pytest.approx(float(teacher.fusion_alpha))
+    assert metrics["fusion"]["llm_only"]["valid"]["ndcg@10"] == pytest.approx(best["valid/llm_ndcg@10"], abs=1e-6)
+    assert metrics["fusion"]["collaborative_only"]["valid"]["ndcg@10"] == pytest.approx(
+        best["valid/collaborative_ndcg@10"], abs=1e-6)
+    reloaded = load_teacher(teacher.save_pretrained(tmp_path / "ckpt"))
+    assert float(reloaded.fusion_alpha) == pytest.approx(float(teacher.fusion_alpha))
+    with torch.no_grad():
+        assert torch.equal(reloaded(x), teacher(x))
+    with pytest.raises(ValueError, match="collaborative_fusion"):
+        _teacher(split, tiny, cache_dir, collaborative_model=cf, collaborative_fusion="sum")

@@ -264,6 +264,7 @@ def test_hybrid_teacher_with_a_collaborative_model_emits_its_fused_ranking(tmp_p
     cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=10)
     t = HLLMTeacher(num_items=split.num_items, item_text=split.item_text, base_model=str(tiny), num_layers=2,
                     embedding_cache_dir=str(tmp_path / "emb"), progress=False, collaborative_model=cf).eval()
+    t.fusion_alpha.fill_(0.4)  # a real mixture of the two rankings
     out = emit_signals(t, dm, tmp_path / "signals", **{**SETTINGS, "layers": [2]}, splits=["valid", "test"])
     reader = TeacherSignals(out, split=split)
     for which in ("valid", "test"):
