@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup quickstart test bench bench-teacher clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/recdistill bench students --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
+
+# The LLM teacher over seeds + ablations (reuses the student runs above when they exist).
+bench-teacher: $(STAMP)
+	$(BIN)/recdistill bench teacher --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

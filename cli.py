@@ -5,6 +5,7 @@
     recdistill student fit --config recipes/ml100k_sasrec.yaml --output-dir DIR [--trainer.max_epochs 3 ...]
     recdistill teacher fit|emit|eval --config recipes/quickstart_teacher.yaml --output-dir DIR
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
+    recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--update-readme README.md]
     recdistill quickstart [--output-dir runs/quickstart]
 
 Recipe overrides after the known options are passed to LightningCLI (``--section.key value``).
@@ -60,6 +61,12 @@ def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.suite == "teacher":
+        from recdistill.benchmarks.teacher import run_teacher_benchmark
+
+        run_teacher_benchmark(args.output_dir, seeds=args.seeds, ablations=not args.no_ablations, overrides=rest,
+                              readme=args.update_readme)
+        return 0
     from recdistill.benchmarks.students import run_student_benchmark
 
     run_student_benchmark(args.output_dir, students=args.students, seeds=args.seeds, overrides=rest,
@@ -106,10 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
-    bench.add_argument("suite", choices=["students"])
+    bench.add_argument("suite", choices=["students", "teacher"])
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
+    bench.add_argument("--no-ablations", action="store_true", help="teacher: skip the seed-0 ablations")
     bench.add_argument("--update-readme", metavar="README", default=None,
                        help="also replace the results table between the bench markers of this README")
     bench.set_defaults(handler=_bench)

@@ -21,7 +21,7 @@ from recdistill.atomic import write_json, write_text
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
 
-SEQUENTIAL = ["sasrec", "gru4rec", "caser", "bert4rec"]
+SEQUENTIAL = ["sasrec", "sasrec_windows", "gru4rec", "caser", "bert4rec"]
 CTR = ["deepfm", "dcnv2", "din"]
 
 
@@ -61,15 +61,16 @@ README_START = "<!-- bench:students:start -->"
 README_END = "<!-- bench:students:end -->"
 
 
-def update_readme(readme: str | Path, markdown: str) -> None:
-    """Replace the table between the bench markers of ``readme`` with ``markdown``."""
+def update_readme(readme: str | Path, markdown: str, markers: tuple[str, str] = (README_START, README_END)) -> None:
+    """Replace the table between the bench ``markers`` of ``readme`` with ``markdown``."""
+    start, end = markers
     path = Path(readme)
     text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} has no {README_START} ... {README_END} block to update")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    write_text(path, f"{head}{README_START}\n{markdown}{README_END}{tail}")
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} block to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    write_text(path, f"{head}{start}\n{markdown}{end}{tail}")
 
 
 def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,
