@@ -286,7 +286,8 @@ class HLLMTeacher(L.LightningModule):
         user = self.out_proj(self.drop(hidden))
         if hasattr(self, "collab_model"):  # carry the CF state along: score_items splits it off
             with torch.no_grad():
-                user = torch.cat([user, self.collab_model.encode(input_ids).sequence.to(user.dtype)], -1)
+                cf_state = self.collab_model.encode(input_ids).sequence.to(user.dtype)
+            user = torch.cat([user, cf_state], -1)
         result = {"user": user, "hidden": hidden}
         if output_hidden_states:
             result["hidden_states"] = out.hidden_states

@@ -302,3 +302,18 @@ def test_ensemble_fusion_mixes_logits_and_picks_alpha_on_validation(split, tiny,
         assert torch.equal(reloaded(x), teacher(x))
     with pytest.raises(ValueError, match="collaborative_fusion"):
         _teacher(split, tiny, cache_dir, collaborative_model=cf, collaborative_fusion="sum")
+
+
+def test_llm_part_of_a_hybrid_teacher_gets_gradients(split, tiny, cache_dir):
+    from recdistill.student import SASRec
+
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12)
+    for fusion in ("ensemble", "joint"):
+        teacher = _teacher(split, tiny, cache_dir, item_table="fusion", collaborative_model=cf,
+                           collaborative_fusion=fusion)
+        batch = {"input_ids": torch.tensor([[0, 1, 2, 3], [4, 5, 6, 7]]), "labels": torch.tensor([[0, 2, 3, 4], [5, 6, 7, 8]])}
+        teacher.loss(batch).backward()
+        lora = [p for n, p in teacher.named_parameters() if "lora_B" in n]
+        assert teacher.out_proj.weight.grad is not None and teacher.out_proj.weight.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in lora)
+        assert all(p.grad is None for p in teacher.collab_model.parameters())
