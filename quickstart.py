@@ -40,14 +40,19 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", overrides: list[s
                         {**upstream, "recipe": _recipe_text(STUDENT_RECIPE), "overrides": overrides},
                         lambda d: _fit_student(d, overrides))
 
+    # the hybrid teacher builds on the student just trained (its item embeddings and its logits)
     teacher_dir = out / "teacher"
-    teacher_inputs = {**upstream, "recipe": _recipe_text(TEACHER_RECIPE)}
+    collaborative = str(student_dir / "student")
+    teacher_args = [f"--model.collaborative_model={collaborative}",
+                    f"--model.collaborative_embeddings={collaborative}"]
+    teacher_inputs = {**upstream, "recipe": _recipe_text(TEACHER_RECIPE), "args": teacher_args,
+                      "student": student}
     run_stage("teacher-fit", teacher_dir / "adapter", teacher_inputs,
-              lambda d: _teacher("fit", teacher_dir))
+              lambda d: _teacher("fit", teacher_dir, teacher_args))
     run_stage("teacher-emit", teacher_dir / "signals", {**teacher_inputs, "after": "fit"},
-              lambda d: _teacher("emit", teacher_dir))
+              lambda d: _teacher("emit", teacher_dir, teacher_args))
     teacher = run_stage("teacher-eval", teacher_dir / "eval", {**teacher_inputs, "after": "emit"},
-                        lambda d: _teacher_eval(teacher_dir))
+                        lambda d: _teacher_eval(teacher_dir, teacher_args))
 
     datamodule = SequentialDataModule(dataset="movielens-100k")
     student_latency = _student_latency(student_dir / "student", datamodule)
@@ -58,7 +63,7 @@ def run_quickstart(output_dir: str | Path = "runs/quickstart", overrides: list[s
                "num_parameters": 0}
     path = build_report(
         [
-            {"name": "teacher (SmolLM2 + LoRA)", "role": "teacher", "metrics": teacher},
+            {"name": "teacher (SmolLM2 + LoRA, fused with the SASRec)", "role": "teacher", "metrics": teacher},
             {"name": "SASRec", "role": "student (plain)", "metrics": student, "latency": student_latency},
             {"name": "MostPopular", "role": "baseline", "metrics": popular},
         ],
@@ -81,15 +86,15 @@ def _fit_student(directory: Path, overrides: list[str]) -> dict[str, Any]:
     return fit_student(STUDENT_RECIPE, directory, overrides)
 
 
-def _teacher(action: str, teacher_dir: Path) -> dict[str, Any]:
+def _teacher(action: str, teacher_dir: Path, args: list[str]) -> dict[str, Any]:
     from recdistill.teacher.cli import run_teacher_command
 
-    run_teacher_command(action, TEACHER_RECIPE, teacher_dir)
+    run_teacher_command(action, TEACHER_RECIPE, teacher_dir, args)
     return {"action": action, "directory": str(teacher_dir)}
 
 
-def _teacher_eval(teacher_dir: Path) -> dict[str, Any]:
-    _teacher("eval", teacher_dir)
+def _teacher_eval(teacher_dir: Path, args: list[str]) -> dict[str, Any]:
+    _teacher("eval", teacher_dir, args)
     return json.loads((teacher_dir / "metrics.json").read_text())
 
 
