@@ -44,7 +44,7 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
             inputs = {"recipe": recipe_path(f"ml100k_{name}").read_text(), "args": args}
             metrics = run_stage(f"{name}-seed{seed}", run_dir, inputs,
                                 lambda d, name=name, args=args: fit_student(f"ml100k_{name}", d, args))
-            runs.append({"student": name, "seed": seed, **metrics})
+            runs.append({**metrics, "student": name, "architecture": metrics.get("student"), "seed": seed})
             write_json(output_dir / "students.json", _payload(runs, seeds, started))
     datamodule = SequentialDataModule(dataset="movielens-100k")
     popular = {split: most_popular_metrics(datamodule, split) for split in ("valid", "test")}
