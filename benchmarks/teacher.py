@@ -48,8 +48,8 @@ def run_teacher_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
         collab = _collaborative_run(output_dir, seed)
         slug = "teacher" if variant == "teacher" else "ablation-" + _slug(extra[0])
         run_dir = output_dir / "runs" / f"{slug}-seed{seed}"
-        args = [f"--seed_everything={seed}", f"--model.collaborative_embeddings={collab / 'student'}",
-                *(overrides or []), *extra]
+        args = [f"--seed_everything={seed}", f"--model.collaborative_model={collab / 'student'}",
+                f"--model.collaborative_embeddings={collab / 'student'}", *(overrides or []), *extra]
         inputs = {"recipe": recipe_path(recipe).read_text(), "args": args, "collaborative": collab.name}
         result = run_stage(f"{slug}-seed{seed}", run_dir, inputs,
                            lambda d, args=args: _fit_and_evaluate(recipe, d, args))
