@@ -108,6 +108,24 @@ def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
     return init.data, cfg.as_dict()
 
 
+def _own_cause(exc: BaseException) -> BaseException | None:
+    """The first exception in ``exc``'s cause chain raised by recdistill's own code, if any."""
+    package = Path(__file__).resolve().parent.parent
+    seen: set[int] = set()
+    current = exc.__cause__
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb, last = current.__traceback__, None
+        while tb is not None:
+            last, tb = tb, tb.tb_next
+        filename = Path(last.tb_frame.f_code.co_filename).resolve() if last is not None else None
+        if filename is not None and filename.is_relative_to(package) \
+                and "site-packages" not in filename.relative_to(package).parts:  # a venv inside the checkout
+            return current
+        current = current.__cause__
+    return None
+
+
 def _emit_trainer_kwargs(e: dict[str, Any]) -> dict[str, Any]:
     kwargs = {"accelerator": e["accelerator"], "devices": e["devices"], "num_nodes": e["num_nodes"],
               "strategy": e["strategy"]}
@@ -127,7 +145,13 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if action == "fit":
-        cli = _fit_cli(config, output_dir, rest)
+        try:
+            cli = _fit_cli(config, output_dir, rest)
+        except ValueError as exc:  # jsonargparse wraps our constructor errors in a dump of the config
+            cause = _own_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
         write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir, resume=resume)
         print(f"wrote teacher checkpoint {path}")

@@ -116,3 +116,24 @@ def test_wrong_teacher_class_path_is_named(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "recdistill.data.SequentialDataModule" in err and "HLLMTeacher" in err
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_constructor_error_surfaces_without_the_config_dump(tmp_path, monkeypatch):
+    """A missing collaborative student is reported as our FileNotFoundError (naming the field and
+    the command that builds it), not as jsonargparse's union error that prints the whole config."""
+    from recdistill.data import load_split, synthetic_interactions
+
+    monkeypatch.setenv("RECDISTILL_CACHE", str(tmp_path / "cache"))
+    csv = tmp_path / "events.csv"
+    synthetic_interactions(20, 10, mean_length=8, seed=1).interactions[["user_id", "item_id", "timestamp"]].to_csv(
+        csv, index=False)
+    tiny = make_tiny_llama(tmp_path / "tiny", texts=load_split(str(csv)).item_text, num_layers=2)
+    recipe = {"data": {"dataset": str(csv), "max_len": 6},
+              "model": {"base_model": str(tiny), "num_layers": 2, "item_table": "fusion", "progress": False,
+                        "collaborative_model": str(tmp_path / "no-such-student")},
+              "trainer": {"max_epochs": 1, "accelerator": "cpu"}}
+    cfg = tmp_path / "teacher.yaml"
+    cfg.write_text(yaml.safe_dump(recipe))
+    with pytest.raises(FileNotFoundError, match="model.collaborative_model=.*recdistill student fit") as info:
+        run_teacher_command("fit", cfg, tmp_path / "run")
+    assert "item_text" not in str(info.value)
