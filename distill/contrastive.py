@@ -56,6 +56,10 @@ class ContrastiveAlignmentLoss(nn.Module):
 
     paper_weight = 1e-2
 
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        return {"student_repr": "student_hidden", "teacher_repr": "teacher_hidden"}
+
     def __init__(
         self,
         student_dim: int,

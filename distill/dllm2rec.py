@@ -90,6 +90,16 @@ class ImportanceRankingDistillationLoss(nn.Module):
         history ``[B, L]`` (0 = padding).
     """
 
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        inputs = {"student_logits": "student_logits", "teacher_topk_ids": "teacher_topk_ids"}
+        gamma = params.get("gamma", (0.3, 0.5, 0.1))
+        if float(gamma[1]) > 0:  # confidence needs the teacher's user and item vectors
+            inputs.update(teacher_user="teacher_user", teacher_item_emb="teacher_item_emb")
+            if params.get("confidence", "sequence") == "sequence":
+                inputs["target"] = "target"
+        return inputs
+
     def __init__(
         self,
         beta: float = 1.0,

@@ -201,6 +201,11 @@ class EmbeddingAlignmentLoss(nn.Module):
 
     paper_weight = 0.01
 
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        return {"student_item_emb": "student_item_emb_batch", "teacher_item_emb": "teacher_item_emb_batch",
+                "item_ids": "batch_item_ids"}
+
     def __init__(
         self,
         student_dim: int,

@@ -21,7 +21,7 @@ from .registry import register_loss
 __all__ = ["HiddenStateAlignmentLoss"]
 
 
-@register_loss("hidden_mse")
+@register_loss("hidden_state")
 class HiddenStateAlignmentLoss(nn.Module):
     r"""Align the student's representation with the teacher's hidden state through a projector.
 

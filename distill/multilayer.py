@@ -85,6 +85,10 @@ class MultiLayerAlignmentLoss(nn.Module):
 
     paper_weight = 1.0
 
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        return {"student_states": "student_layers", "teacher_layers": "teacher_layers"}
+
     def __init__(
         self,
         student_dim: int,

@@ -53,10 +53,29 @@ class SoftLabelKLLoss(nn.Module):
     Args:
         temperature: τ (default 1.0; Hinton et al. use values in ~1–20, there is no canonical one).
         reduction: "mean" over rows with at least one candidate (default), "sum", or "none".
+        source: what a distillation recipe feeds it: ``"full"`` (rebuilt teacher logits over the
+            catalogue, default), ``"topk"`` (cached top-K) or ``"topk_target"`` (top-K plus target).
     """
 
-    def __init__(self, temperature: float = 1.0, reduction: str = "mean") -> None:
+    SOURCES = ("full", "topk", "topk_target")
+
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        source = params.get("source", "full")
+        if source not in cls.SOURCES:
+            raise ValueError(f"soft_kl source must be one of {cls.SOURCES}, got {source!r}")
+        inputs = {"student_logits": "student_logits"}
+        if source == "full":
+            return {**inputs, "teacher_logits": "teacher_logits"}
+        inputs.update(teacher_topk_ids="teacher_topk_ids", teacher_topk_scores="teacher_topk_scores")
+        if source == "topk_target":
+            inputs.update(target="target", teacher_target_score="teacher_target_score")
+        return inputs
+
+    def __init__(self, temperature: float = 1.0, reduction: str = "mean", source: str = "full") -> None:
         super().__init__()
+        self.distill_inputs({"source": source})
+        self.source = source
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
@@ -184,6 +203,11 @@ class CTRSoftLabelLoss(nn.Module):
 
     Shapes: student_logits, teacher_logits, label: any identical shape (e.g. ``[B]``); label in [0, 1].
     """
+
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        inputs = {"student_logits": "student_logits", "teacher_logits": "teacher_logits"}
+        return inputs if params.get("alpha", 0.5) >= 1.0 else {**inputs, "label": "label"}
 
     def __init__(self, temperature: float = 1.0, alpha: float = 0.5, reduction: str = "mean") -> None:
         super().__init__()

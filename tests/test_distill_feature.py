@@ -42,11 +42,11 @@ def _cos(a, b):
 
 # ----------------------------------------------------------------------------- registry
 def test_registered_names_and_build():
-    for name, cls in [("hidden_mse", HiddenStateAlignmentLoss), ("multilayer", MultiLayerAlignmentLoss),
+    for name, cls in [("hidden_state", HiddenStateAlignmentLoss), ("multilayer", MultiLayerAlignmentLoss),
                       ("contrastive", ContrastiveAlignmentLoss), ("embedding_align", EmbeddingAlignmentLoss)]:
         assert DISTILL_LOSSES[name] is cls
         assert cls.__doc__ and "default" in cls.__doc__.lower()  # docstring states the defaults
-    loss = build_loss("hidden_mse", student_dim=4, teacher_dim=6, metric="cosine")
+    loss = build_loss("hidden_state", student_dim=4, teacher_dim=6, metric="cosine")
     assert isinstance(loss, HiddenStateAlignmentLoss) and loss.metric == "cosine"
 
 
