@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from recdistill.data.planted_text import planted_text_interactions, write_planted_text_csv
 from recdistill.data.readers import DataFormatError, detect_format, load_dataset, load_interactions
 from recdistill.data.schema import EXAMPLE_STRIDE, PAD, Example, Interactions, SequentialSplit, split_example_id
 from recdistill.data.sequential import build_sequential_split, data_info, load_split
@@ -48,6 +49,8 @@ __all__ = [
     "load_interactions",
     "load_split",
     "planted_successor",
+    "planted_text_interactions",
     "split_example_id",
     "synthetic_interactions",
+    "write_planted_text_csv",
 ]
