@@ -1,0 +1,189 @@
+"""Serve an exported student with ONNX Runtime: numpy and onnxruntime only, no torch at import.
+
+``OnnxRecommender(path)`` opens the file with pinned intra-op threads and full graph
+optimisation, reads the recdistill metadata (kind, graph, ``max_len``, ``k``) and:
+
+- sequential students: ``recommend(histories, k) -> (ids, scores)``. Histories are padded and
+  truncated like the data module (left padding with 0, the newest ``max_len`` items kept).
+  With a vocabulary sidecar (``model.items.json``, written when the export was given the
+  dataset's raw item ids) histories and results are *raw* item ids; without one they are item
+  indices ``1..N``. Unknown ids are dropped from the history and counted
+  (``last_unknown``/``unknown_total``), never a crash. Items already in the (truncated) history
+  are never recommended. Serving graphs do masking + TopK in ONNX Runtime; logits graphs are
+  masked and ranked here in numpy.
+- CTR students: ``predict(sparse, dense, history) -> probabilities``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from recdistill.export.metadata import decode_metadata, item_space_hash, items_path
+
+
+class VocabularyMismatchError(ValueError):
+    """The vocabulary sidecar does not hash to the item space recorded in the ONNX metadata."""
+
+
+def make_session(
+    path: str | Path,
+    threads: int = 1,
+    optimization: str = "all",
+    inter_op_threads: int = 1,
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` on the CPU provider with ``threads`` intra-op threads.
+
+    ``optimization``: ``"disable" | "basic" | "extended" | "all"`` (``GraphOptimizationLevel``).
+    """
+    levels = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }
+    if optimization not in levels:
+        raise ValueError(f"optimization must be one of {sorted(levels)}, got {optimization!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = int(inter_op_threads)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = levels[optimization]
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def left_pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
+    """``Long[B, max_len]``: each history's newest ``max_len`` items, left-padded with 0."""
+    out = np.zeros((len(histories), max_len), dtype=np.int64)
+    for row, history in enumerate(histories):
+        tail = list(history)[-max_len:] if max_len > 0 else []
+        if tail:
+            out[row, max_len - len(tail):] = tail
+    return out
+
+
+class OnnxRecommender:
+    """ONNX Runtime serving wrapper for an exported recdistill student (see module docstring)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        threads: int = 1,
+        optimization: str = "all",
+        max_len: int | None = None,
+        item_ids: Sequence[Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.threads = int(threads)
+        self.session = make_session(self.path, threads=self.threads, optimization=optimization)
+        self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.kind = self.metadata.get("kind", "sequential")
+        self.graph = self.metadata.get("graph", "logits")
+        self.max_len = int(max_len or self.metadata.get("max_len") or 50)
+        self.num_items = int(self.metadata.get("num_items") or 0)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.unknown_total = 0
+        self.last_unknown = 0
+        self.item_ids: np.ndarray | None = None
+        self._index_of: dict[Any, int] | None = None
+        if item_ids is None and items_path(self.path).exists():
+            item_ids = json.loads(items_path(self.path).read_text())["item_ids"]
+        if item_ids is not None:
+            self._set_vocabulary(list(item_ids))
+
+    def _set_vocabulary(self, item_ids: list[Any]) -> None:
+        expected = self.metadata.get("item_space_sha256")
+        if expected and item_space_hash(item_ids) != expected:
+            raise VocabularyMismatchError(
+                f"the item vocabulary ({len(item_ids)} ids) does not match the item space of {self.path} "
+                f"(item_space_sha256 {expected[:12]}...)"
+            )
+        if self.num_items and len(item_ids) != self.num_items:
+            raise VocabularyMismatchError(f"{len(item_ids)} item ids for a model of {self.num_items} items")
+        self.item_ids = np.asarray(item_ids)
+        self._index_of = {raw: i + 1 for i, raw in enumerate(item_ids)}
+
+    # ------------------------------------------------------------------ sequential
+    def to_indices(self, history: Sequence[Any]) -> tuple[list[int], int]:
+        """Raw ids (or indices without a vocabulary) -> valid item indices, and how many were dropped."""
+        if self._index_of is not None:
+            kept = [self._index_of[r] for r in history if _hashable(r) and r in self._index_of]
+        else:
+            kept = [int(r) for r in history if _is_index(r, self.num_items)]
+        return kept, len(history) - len(kept)
+
+    def recommend(self, histories: Sequence[Sequence[Any]], k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` unseen items per history: ``(ids [B, k], scores [B, k])``, best first.
+
+        ``ids`` are raw item ids with a vocabulary, item indices otherwise.
+        """
+        if self.kind != "sequential":
+            raise TypeError(f"{self.path} is a CTR model: use predict(sparse, dense, history)")
+        converted = [self.to_indices(h) for h in histories]
+        self.last_unknown = sum(dropped for _, dropped in converted)
+        self.unknown_total += self.last_unknown
+        input_ids = left_pad_histories([ids for ids, _ in converted], self.max_len)
+        if self.graph == "serving":
+            graph_k = int(self.metadata.get("k") or 0)
+            if k > graph_k:
+                raise ValueError(f"k={k} exceeds the K={graph_k} built into the serving graph {self.path}")
+            scores, index = self.session.run(["scores", "item_ids"], {"input_ids": input_ids})
+            scores, index = scores[:, :k], index[:, :k]
+        else:
+            (logits,) = self.session.run(["logits"], {"input_ids": input_ids})
+            if not 1 <= k <= logits.shape[1] - 1:
+                raise ValueError(f"k={k} must be in 1..{logits.shape[1] - 1}")
+            masked = logits.astype(np.float32, copy=True)
+            masked[:, 0] = -np.inf
+            np.put_along_axis(masked, input_ids, -np.inf, axis=1)
+            part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+            order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
+            index = np.take_along_axis(part, order, axis=1)
+            scores = np.take_along_axis(masked, index, axis=1)
+        return self.to_raw(index), scores
+
+    def to_raw(self, index: np.ndarray) -> np.ndarray:
+        """Item indices -> raw ids (identity without a vocabulary)."""
+        if self.item_ids is None:
+            return index.astype(np.int64)
+        return self.item_ids[np.clip(index, 1, len(self.item_ids)) - 1]
+
+    # ------------------------------------------------------------------ CTR
+    def predict_logits(self, sparse: Any, dense: Any = None, history: Any = None) -> np.ndarray:
+        if self.kind != "ctr":
+            raise TypeError(f"{self.path} is a sequential model: use recommend(histories, k)")
+        sparse = np.asarray(sparse, dtype=np.int64)
+        batch = sparse.shape[0]
+        feed = {
+            "sparse": sparse,
+            "dense": np.zeros((batch, 0), np.float32) if dense is None else np.asarray(dense, dtype=np.float32),
+            "history": np.zeros((batch, 1), np.int64) if history is None else np.asarray(history, dtype=np.int64),
+        }
+        return self.session.run(["logit"], {n: feed[n] for n in self.input_names})[0]
+
+    def predict(self, sparse: Any, dense: Any = None, history: Any = None) -> np.ndarray:
+        """Click probabilities ``[B]`` for ``sparse Long[B, F]``, ``dense Float[B, D]``, ``history Long[B, H]``."""
+        return 1.0 / (1.0 + np.exp(-self.predict_logits(sparse, dense, history).astype(np.float64)))
+
+
+Recommender = OnnxRecommender
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_index(value: Any, num_items: int) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        return False
+    return 1 <= int(value) <= num_items if num_items else int(value) >= 1
