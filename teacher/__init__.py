@@ -7,7 +7,8 @@ Public API (resolved lazily so ``import recdistill.teacher`` stays cheap):
 - ``HLLMTeacher``, ``load_teacher``                            (teacher.hllm)
 - ``TextPromptTeacher``                                        (teacher.text_prompt)
 - ``fit_teacher``                                              (teacher.fit)
-- ``emit_signals``, ``CacheMismatchError``                     (teacher.signals)
+- ``emit_signals``                                             (teacher.emit)
+- ``CacheMismatchError``, ``MissingSignalError``               (teacher.cache_format)
 - ``TeacherSignals``                                           (teacher.cache_reader)
 - ``import_dllm2rec``, ``IdMappingError``                      (teacher.dllm2rec_import)
 - ``evaluate_teacher``                                         (teacher.evaluate)
@@ -27,8 +28,9 @@ _LAZY: dict[str, str] = {
     "load_teacher": "recdistill.teacher.hllm",
     "TextPromptTeacher": "recdistill.teacher.text_prompt",
     "fit_teacher": "recdistill.teacher.fit",
-    "emit_signals": "recdistill.teacher.signals",
-    "CacheMismatchError": "recdistill.teacher.signals",
+    "emit_signals": "recdistill.teacher.emit",
+    "CacheMismatchError": "recdistill.teacher.cache_format",
+    "MissingSignalError": "recdistill.teacher.cache_format",
     "TeacherSignals": "recdistill.teacher.cache_reader",
     "import_dllm2rec": "recdistill.teacher.dllm2rec_import",
     "IdMappingError": "recdistill.teacher.dllm2rec_import",

@@ -1,32 +1,80 @@
-"""Read a teacher-signals cache: memory-mapped shards, rows looked up by example id.
+"""Read a teacher-signals cache: rows looked up by example id, with a validity mask.
 
 >>> signals = TeacherSignals("runs/x/signals", split=data.split)      # checks fingerprint + items
->>> batch = signals.get(example_ids, keys=("topk_items", "topk_scores"))
+>>> signals.require(("topk_items", "score_user"))                     # at setup: fail loudly, early
+>>> rows, valid = signals.lookup(batch["example_ids"], keys=("topk_items", "topk_scores"))
+>>> logits, valid = signals.teacher_logits(batch["example_ids"])      # the teacher's full scores
 
-Only the rows asked for are read (``safe_open`` slices over the memory-mapped file). Unknown
-example ids raise ``KeyError``; a cache built for another item-id space raises
-:class:`~recdistill.teacher.signals.CacheMismatchError`.
+Light: imports numpy, torch and safetensors only (never Lightning, transformers or peft), so
+distillation code can read a cache without the teacher's stack. The format is described in
+:mod:`recdistill.teacher.cache_format`.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+import math
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
-from recdistill.teacher.signals import CacheMismatchError, item_space_hash, sha256_file
+from recdistill.data.schema import EXAMPLE_STRIDE
+from recdistill.teacher.cache_format import (
+    EMIT_SETTING, ITEM_TABLE_NAME, MANIFEST_NAME, SIGNAL_KEYS, CacheMismatchError, MissingSignalError,
+    check_format_version, item_space_hash, read_json, safetensors_arrays, sha256_file,
+)
 
-SIGNAL_KEYS = ("target", "hidden", "layers", "user", "topk_items", "topk_scores")
+ITEM_KEYS = ("item_embeddings", "score_items", "logit_scale")
+
+
+def _default_budget() -> int:
+    """A quarter of the physical memory, at most 4 GiB (2 GiB if unknown)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2 << 30
+    return int(min(4 << 30, total // 4))
+
+
+def _as_numpy_ids(example_ids: Sequence[int] | np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(example_ids, Tensor):
+        return example_ids.detach().to("cpu", torch.int64).numpy()
+    return np.asarray(example_ids, dtype=np.int64)
 
 
 class TeacherSignals:
-    """Look up emitted teacher signals by example id (see ``recdistill.teacher.signals``)."""
+    """Look up emitted teacher signals by example id.
+
+    Args:
+        directory: the cache folder (with ``manifest.json``).
+        split / num_items / item_space_sha256 / dataset_fingerprint: what the cache must have been
+            built for (a mismatch raises :class:`CacheMismatchError`, never a silent misalignment).
+        require_complete: refuse a cache whose emission has not finished.
+        verify: check every file's sha256 first (reads everything once).
+        in_memory: ``True`` loads each signal, on first use (or at once for ``keys``), from all
+            shards into one contiguous tensor and indexes it with the precomputed id -> row map
+            (a 256 x 50 batch costs about a millisecond). ``False`` reads every lookup from the
+            memory-mapped shards. ``"auto"`` (default) loads a signal while the signals loaded so
+            far plus it stay within ``memory_budget`` bytes.
+        memory_budget: bytes for ``"auto"`` (default: a quarter of physical memory, at most 4 GiB).
+        keys: signals to load (``in_memory``) and :meth:`require` at construction.
+
+    When the cache does not fit (``"auto"`` over budget, or ``in_memory=False``), a signal is read
+    per lookup straight from the memory-mapped shard files: for each shard, the sorted unique rows
+    asked for are gathered (numpy indexing of a ``memmap``), so only the pages holding those rows
+    are read, never the span between them; the OS page cache keeps hot pages. This is slower
+    (random reads, one gather per shard and key) but needs no memory beyond the batch.
+    ``in_memory=True`` loads regardless of the budget (an ``OutOfMemory``/``MemoryError`` is then the
+    caller's choice).
+
+    Ids not in the cache (``train_every > 1`` leaves gaps; id 0 is padding) are never an error in
+    :meth:`lookup` / :meth:`teacher_logits`: their rows are zero and ``valid`` is False. :meth:`get`
+    keeps the strict behaviour (``KeyError`` for unknown ids).
+    """
 
     def __init__(
         self,
@@ -38,12 +86,18 @@ class TeacherSignals:
         dataset_fingerprint: str | None = None,
         require_complete: bool = True,
         verify: bool = False,
+        in_memory: bool | str = "auto",
+        memory_budget: int | None = None,
+        keys: Sequence[str] = (),
     ) -> None:
+        if in_memory not in (True, False, "auto"):
+            raise ValueError(f"in_memory must be True, False or 'auto', got {in_memory!r}")
         self.directory = Path(directory)
-        path = self.directory / "manifest.json"
+        path = self.directory / MANIFEST_NAME
         if not path.is_file():
             raise FileNotFoundError(f"{self.directory} has no manifest.json; run `recdistill teacher emit` first")
-        self.manifest: dict[str, Any] = json.loads(path.read_text())
+        self.manifest: dict[str, Any] = read_json(path) or {}
+        check_format_version(self.manifest, self.directory)
         if require_complete and not self.manifest.get("complete"):
             raise CacheMismatchError(f"signals cache {self.directory} is incomplete; resume `recdistill teacher emit`")
         ds = self.manifest["dataset"]
@@ -56,20 +110,24 @@ class TeacherSignals:
             if want is not None and ds.get(field) != want:
                 raise CacheMismatchError(
                     f"signals cache {self.directory} was built for dataset.{field}={ds.get(field)!r}, "
-                    f"but the current data has {want!r}; rebuild the cache (`recdistill teacher emit --overwrite`)"
+                    f"but the current data has {want!r}; rebuild the cache "
+                    f"(`recdistill teacher emit --emit.overwrite true`)"
                 )
         if verify:
             self.verify()
-        self._handles: dict[str, Any] = {}
-        ids, shard_no, rows = [], [], []
+        self.in_memory = in_memory
+        self.memory_budget = int(memory_budget) if memory_budget is not None else _default_budget()
+        self._arrays: dict[str, dict[str, np.ndarray]] = {}
+        self._tables: dict[str, Tensor] = {}  # key -> [1 + rows, ...] (row 0 = zeros), sorted-id order
+        self._item_cache: dict[str, Tensor] = {}
+        self.loaded_bytes = 0
+        ids, lengths = [], []
         self._shard_files: list[str] = []
-        for split_name, entry in sorted(self.manifest.get("splits", {}).items()):
+        for _, entry in sorted(self.manifest.get("splits", {}).items()):
             for name in sorted(entry.get("shards", {})):
-                f = self._open(name)
-                eid = f.get_tensor("example_id").numpy()
+                eid = np.asarray(self._shard_arrays(name)["example_id"], dtype=np.int64)
                 ids.append(eid)
-                shard_no.append(np.full(len(eid), len(self._shard_files), dtype=np.int64))
-                rows.append(np.arange(len(eid), dtype=np.int64))
+                lengths.append(len(eid))
                 self._shard_files.append(name)
         all_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
         order = np.argsort(all_ids, kind="stable")
@@ -77,8 +135,18 @@ class TeacherSignals:
         if len(self._ids) > 1 and bool((np.diff(self._ids) == 0).any()):
             dup = self._ids[1:][np.diff(self._ids) == 0][:5]
             raise CacheMismatchError(f"signals cache {self.directory} holds duplicate example ids, e.g. {dup.tolist()}")
-        self._shard = (np.concatenate(shard_no) if shard_no else np.zeros(0, dtype=np.int64))[order]
-        self._row = (np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64))[order]
+        shard_no = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        rows = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths]) if lengths else np.zeros(0, np.int64)
+        self._shard, self._row = shard_no[order], rows[order]
+        self._offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        self._sorted_pos = np.empty(len(order), dtype=np.int64)  # concatenated row -> sorted position
+        self._sorted_pos[order] = np.arange(len(order), dtype=np.int64)
+        self._build_dense_map()
+        if keys:
+            self.require(keys)
+            for key in keys:
+                if key in SIGNAL_KEYS:
+                    self._maybe_load(key)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -97,6 +165,23 @@ class TeacherSignals:
     def splits(self) -> list[str]:
         return sorted(self.manifest.get("splits", {}))
 
+    @property
+    def signals(self) -> list[str]:
+        """Per-example tensors in the shards (``example_id`` included)."""
+        listed = self.manifest.get("signals")
+        if listed is not None:
+            return list(listed)
+        return sorted(self._shard_arrays(self._shard_files[0])) if self._shard_files else []
+
+    @property
+    def scoring(self) -> str | None:
+        return self.manifest.get("scoring")
+
+    @property
+    def resident_keys(self) -> list[str]:
+        """Signals currently held in memory (the others are read from the memory-mapped shards)."""
+        return sorted(self._tables)
+
     def __len__(self) -> int:
         return len(self._ids)
 
@@ -104,73 +189,259 @@ class TeacherSignals:
         i = np.searchsorted(self._ids, example_id)
         return bool(i < len(self._ids) and self._ids[i] == example_id)
 
+    def __getstate__(self) -> dict[str, Any]:  # memmaps are re-opened lazily (pickling them copies them)
+        state = dict(self.__dict__)
+        state["_arrays"] = {}
+        return state
+
     def example_ids(self, split: str | None = None) -> np.ndarray:
         if split is None:
             return self._ids.copy()
-        out = [self._open(n).get_tensor("example_id").numpy()
+        out = [np.asarray(self._shard_arrays(n)["example_id"], dtype=np.int64)
                for n in sorted(self.manifest["splits"][split]["shards"])]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
+    # ------------------------------------------------------------------ checks
+    def has(self, key: str) -> bool:
+        """Whether signal ``key`` (per example, or an item table in ``ITEM_KEYS``) is in the cache."""
+        if key in ITEM_KEYS:
+            return key in self._item_arrays()
+        return key in self.signals
+
+    def require(self, keys: Iterable[str] = (), *, layers: Sequence[int] = (), k: int | None = None) -> None:
+        """Raise :class:`MissingSignalError` (one line: the signal, the cache, the emit setting that
+        produces it) unless every signal in ``keys`` is present, ``layers`` were stored and the top-K
+        is at least ``k``. ``"teacher_logits"`` stands for ``score_user`` + ``score_items``."""
+        wanted: list[str] = []
+        for key in keys:
+            wanted += ["score_user", "score_items"] if key == "teacher_logits" else [key]
+        for key in wanted:
+            if key not in SIGNAL_KEYS and key not in ITEM_KEYS:
+                raise KeyError(f"unknown signal {key!r}; available: {SIGNAL_KEYS + ITEM_KEYS}")
+            if not self.has(key):
+                self._missing(key)
+        missing_layers = [int(i) for i in layers if int(i) not in self.layers]
+        if missing_layers:
+            want = sorted(set(self.layers) | set(missing_layers))
+            raise MissingSignalError(
+                f"layer(s) {missing_layers} are not in signals cache {self.directory} (it stores layers "
+                f"{self.layers}): emit with --emit.layers '{want}' (add --emit.overwrite true to rebuild it)")
+        if k is not None and int(k) > self.k:
+            raise MissingSignalError(f"signals cache {self.directory} holds the top-{self.k} items, top-{int(k)} were "
+                                     f"asked for: emit with --emit.k {int(k)} (add --emit.overwrite true to rebuild it)")
+
+    def _missing(self, key: str) -> None:
+        how = EMIT_SETTING.get(key, "emit it with `recdistill teacher emit`")
+        raise MissingSignalError(f"signal {key!r} was not emitted into signals cache {self.directory} "
+                                 f"(it has {[s for s in self.signals if s != 'example_id']}): {how}")
+
+    def coverage(self, example_ids: Sequence[int] | np.ndarray | Tensor) -> float:
+        """Fraction of the non-padding ids (``> 0``) that have a row in the cache (1.0 if none)."""
+        q = _as_numpy_ids(example_ids).reshape(-1)
+        q = q[q > 0]
+        if not len(q):
+            return 1.0
+        return float(self._find(q)[1].mean())
+
     # ------------------------------------------------------------------ access
-    def _open(self, name: str):
-        handle = self._handles.get(name) if hasattr(self, "_handles") else None
-        if handle is None:
-            handle = safe_open(str(self.directory / name), framework="pt")
-            self._handles[name] = handle
-        return handle
+    def _shard_arrays(self, name: str) -> dict[str, np.ndarray]:
+        arrays = self._arrays.get(name)
+        if arrays is None:
+            arrays = safetensors_arrays(self.directory / name)
+            self._arrays[name] = arrays
+        return arrays
+
+    def _item_arrays(self) -> dict[str, np.ndarray]:
+        path = self.directory / ITEM_TABLE_NAME
+        if not path.is_file():
+            return {}
+        return self._shard_arrays(ITEM_TABLE_NAME)
+
+    def _build_dense_map(self) -> None:
+        """id -> sorted position in O(1): ``slot = user_base[user] + pos`` into a table with one
+        entry per (user, position <= the user's last cached position); used when that table is at
+        most a few times the number of rows (else binary search)."""
+        self._dense: np.ndarray | None = None
+        if not len(self._ids) or self._ids[0] < 0:
+            return
+        users, pos = np.divmod(self._ids, EXAMPLE_STRIDE)
+        n_users = int(users[-1]) + 1
+        span = np.zeros(n_users, dtype=np.int64)
+        np.maximum.at(span, users, pos + 1)
+        if int(span.sum()) > 8 * len(self._ids) + (1 << 20):
+            return
+        base = np.concatenate([[0], np.cumsum(span)[:-1]]).astype(np.int64)
+        dense = np.full(int(span.sum()), -1, dtype=np.int64)
+        dense[base[users] + pos] = np.arange(len(self._ids), dtype=np.int64)
+        self._dense, self._user_base, self._user_span = dense, base, span
+
+    def _find(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted positions (0 where not found) and found mask of the flat ids ``q``."""
+        if not len(self._ids):
+            return np.zeros(len(q), np.int64), np.zeros(len(q), bool)
+        if self._dense is not None:
+            users, pos = np.divmod(q, EXAMPLE_STRIDE)
+            ok = (users >= 0) & (users < len(self._user_span))
+            u = np.where(ok, users, 0)
+            ok &= pos < self._user_span[u]
+            slot = np.where(ok, self._user_base[u] + pos, 0)
+            found_pos = np.where(ok, self._dense[slot], -1)
+            found = found_pos >= 0
+            return np.maximum(found_pos, 0), found
+        pos = np.searchsorted(self._ids, q)
+        np.minimum(pos, len(self._ids) - 1, out=pos)
+        return pos, self._ids[pos] == q
 
     def locate(self, example_ids: Sequence[int] | np.ndarray | Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``(shard_index, row)`` for each id; ``KeyError`` naming unknown ids."""
-        if isinstance(example_ids, Tensor):
-            example_ids = example_ids.detach().cpu().numpy()
-        q = np.asarray(example_ids, dtype=np.int64).reshape(-1)
-        pos = np.searchsorted(self._ids, q)
-        pos_c = np.minimum(pos, max(len(self._ids) - 1, 0))
-        found = (pos < len(self._ids)) & (self._ids[pos_c] == q) if len(self._ids) else np.zeros(len(q), bool)
+        q = _as_numpy_ids(example_ids).reshape(-1)
+        pos, found = self._find(q)
         if not found.all():
             bad = q[~found]
             raise KeyError(f"{len(bad)} example id(s) not in signals cache {self.directory}, e.g. {bad[:5].tolist()}")
-        return self._shard[pos_c], self._row[pos_c]
+        return self._shard[pos], self._row[pos]
 
-    def get(self, example_ids: Sequence[int] | np.ndarray | Tensor,
-            keys: Sequence[str] = ("hidden", "topk_items", "topk_scores")) -> dict[str, Tensor]:
-        """Rows for ``example_ids`` (in the given order) of each tensor in ``keys``."""
+    def _key_nbytes(self, key: str) -> int:
+        return sum(int(self._shard_arrays(n)[key].nbytes) for n in self._shard_files)
+
+    def _maybe_load(self, key: str) -> Tensor | None:
+        """The in-memory table of ``key`` (loading it if the mode and budget allow), else None."""
+        table = self._tables.get(key)
+        if table is not None or self.in_memory is False or not self._shard_files:
+            return table
+        size = self._key_nbytes(key)
+        if self.in_memory == "auto" and self.loaded_bytes + size > self.memory_budget:
+            return None
+        first = self._shard_arrays(self._shard_files[0])[key]
+        out = np.zeros((len(self._ids) + 1, *first.shape[1:]), dtype=first.dtype)
+        for s, name in enumerate(self._shard_files):
+            dest = self._sorted_pos[self._offsets[s]:self._offsets[s + 1]] + 1
+            out[dest] = self._shard_arrays(name)[key]
+        table = torch.from_numpy(out)
+        self._tables[key] = table
+        self.loaded_bytes += size
+        return table
+
+    def _gather(self, key: str, pos: np.ndarray, found: np.ndarray) -> Tensor:
+        """Rows of ``key`` for flat sorted positions (zeros where not found), read from the shards."""
+        first = self._shard_arrays(self._shard_files[0])[key]
+        out = np.zeros((len(pos), *first.shape[1:]), dtype=first.dtype)
+        hit = np.flatnonzero(found)
+        if len(hit):
+            shard, row = self._shard[pos[hit]], self._row[pos[hit]]
+            order = np.argsort(shard, kind="stable")
+            bounds = np.flatnonzero(np.diff(shard[order])) + 1
+            for group in np.split(order, bounds):
+                s = int(shard[group[0]])
+                rows, inverse = np.unique(row[group], return_inverse=True)  # sorted unique rows only
+                data = self._shard_arrays(self._shard_files[s])[key][rows]
+                out[hit[group]] = data[inverse.reshape(-1)]
+        return torch.from_numpy(out)
+
+    def lookup(self, example_ids: Sequence[int] | np.ndarray | Tensor,
+               keys: Sequence[str] = ("topk_items", "topk_scores"), *,
+               device: torch.device | str | None = None) -> tuple[dict[str, Tensor], Tensor]:
+        """``({key: Tensor[*example_ids.shape, ...]}, valid: Bool[*example_ids.shape])``.
+
+        Rows of ids without a teacher row (not emitted, e.g. ``train_every > 1``; padding id 0)
+        are zero and ``valid`` is False; this never raises for ids. A signal the cache lacks raises
+        :class:`MissingSignalError` (call :meth:`require` at setup to fail earlier).
+        """
         for key in keys:
             if key not in SIGNAL_KEYS:
                 raise KeyError(f"unknown signal {key!r}; available: {SIGNAL_KEYS}")
-        shard, row = self.locate(example_ids)
-        n = len(shard)
+            if not self.has(key):
+                self._missing(key)
+        ids = _as_numpy_ids(example_ids)
+        shape = ids.shape
+        q = ids.reshape(-1)
+        pos, found = self._find(q)
         out: dict[str, Tensor] = {}
+        index: Tensor | None = None
         for key in keys:
-            result: Tensor | None = None
-            for s in np.unique(shard):
-                sel = np.flatnonzero(shard == s)
-                f = self._open(self._shard_files[s])
-                if key not in f.keys():
-                    raise KeyError(f"signal {key!r} was not emitted into {self.directory} (layers={self.layers})")
-                r = row[sel]
-                lo, hi = int(r.min()), int(r.max()) + 1
-                part = f.get_slice(key)[lo:hi][torch.from_numpy(r - lo)]
-                if result is None:
-                    result = part.new_empty((n, *part.shape[1:]))
-                result[torch.from_numpy(sel)] = part
-            if result is None:
-                raise KeyError("no example ids given")
-            out[key] = result
-        return out
+            table = self._maybe_load(key)
+            if table is not None:
+                if index is None:
+                    index = torch.from_numpy(np.where(found, pos + 1, 0))
+                value = table.index_select(0, index)
+            elif self._shard_files:
+                value = self._gather(key, pos, found)
+            else:  # an empty cache: nothing to read, nothing found
+                value = torch.zeros(len(q), 0)
+            value = value.reshape(*shape, *value.shape[1:])
+            out[key] = value.to(device) if device is not None else value
+        valid = torch.from_numpy(found.reshape(shape))
+        return out, (valid.to(device) if device is not None else valid)
+
+    def get(self, example_ids: Sequence[int] | np.ndarray | Tensor,
+            keys: Sequence[str] = ("hidden", "topk_items", "topk_scores")) -> dict[str, Tensor]:
+        """Rows for ``example_ids`` (flattened, in the given order) of each tensor in ``keys``;
+        ``KeyError`` if any id is not in the cache (see :meth:`lookup` for partial coverage)."""
+        for key in keys:
+            if key not in SIGNAL_KEYS:
+                raise KeyError(f"unknown signal {key!r}; available: {SIGNAL_KEYS}")
+        q = _as_numpy_ids(example_ids).reshape(-1)
+        if not len(q):
+            raise KeyError("no example ids given")
+        self.locate(q)  # raises for unknown ids
+        return self.lookup(q, keys)[0]
+
+    # ------------------------------------------------------------------ item tables and scores
+    def _item_tensor(self, key: str) -> Tensor:
+        cached = self._item_cache.get(key)
+        if cached is None:
+            arrays = self._item_arrays()
+            if key not in arrays:
+                self._missing(key)
+            cached = torch.from_numpy(np.array(arrays[key]))
+            self._item_cache[key] = cached
+        return cached
 
     def item_embeddings(self) -> Tensor:
-        """Teacher item table ``Float[N + 1, d]`` (row 0 = padding)."""
-        with safe_open(str(self.directory / "item_embeddings.safetensors"), framework="pt") as f:
-            return f.get_tensor("item_embeddings")
+        """Teacher item table ``Float[N + 1, d_item]`` (row 0 = padding); loaded once."""
+        return self._item_tensor("item_embeddings")
+
+    def score_items(self) -> Tensor:
+        """The item side of the score formula, ``Float[N + 1, D]`` (see ``manifest['scoring']``)."""
+        return self._item_tensor("score_items")
 
     def logit_scale(self) -> float:
-        with safe_open(str(self.directory / "item_embeddings.safetensors"), framework="pt") as f:
-            return float(f.get_tensor("logit_scale").reshape(-1)[0]) if "logit_scale" in f.keys() else 1.0
+        arrays = self._item_arrays()
+        return float(np.asarray(arrays["logit_scale"]).reshape(-1)[0]) if "logit_scale" in arrays else 1.0
+
+    def teacher_logits(self, example_ids: Sequence[int] | np.ndarray | Tensor, items: Tensor | None = None, *,
+                       device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+        """The teacher's own logits rebuilt from the cache: ``score_user[e] . score_items[i]``.
+
+        ``items=None``: ``Float[*example_ids.shape, N + 1]`` over the whole catalogue (column 0 =
+        padding = ``-inf``; for large catalogues pass ``items`` or chunk the example ids).
+        ``items`` ``Long[M]``: the same M items for every example -> ``[..., M]``;
+        ``items`` ``Long[*example_ids.shape, M]``: per-example items (e.g. the top-K plus the
+        target, or ``[..., 1]`` for a CTR pair) -> ``[..., M]``. Item 0 scores ``-inf``.
+        Rows of examples without a teacher row are 0 (``-inf`` at item 0) and ``valid`` is False.
+        """
+        rows, valid = self.lookup(example_ids, ("score_user",), device=device)
+        user = rows["score_user"].float()
+        table = self.score_items()
+        if device is not None:
+            table = table.to(device)
+        if items is None:
+            logits = user @ table.t()
+            logits[..., 0] = -math.inf
+            return logits, valid
+        items = torch.as_tensor(items, dtype=torch.long, device=user.device)
+        if items.dim() == 1:
+            logits = user @ table[items].t()
+        elif tuple(items.shape[:-1]) == tuple(user.shape[:-1]):
+            logits = (table[items] * user.unsqueeze(-2)).sum(-1)
+        else:
+            raise ValueError(f"items must be [M] or [*example_ids.shape, M]; got {tuple(items.shape)} for "
+                             f"example ids of shape {tuple(user.shape[:-1])}")
+        return logits.masked_fill(items == 0, -math.inf), valid
 
     def verify(self) -> None:
         """Check every shard (and the item table) against its sha256 in the manifest."""
-        for split_name, entry in self.manifest.get("splits", {}).items():
+        for _, entry in self.manifest.get("splits", {}).items():
             for name, rec in entry.get("shards", {}).items():
                 digest = sha256_file(self.directory / name)
                 if digest != rec["sha256"]:

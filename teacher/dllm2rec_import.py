@@ -20,9 +20,10 @@ import numpy as np
 import torch
 
 from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
-from recdistill.teacher.signals import (
-    EXAMPLE_ID_SCHEME, FORMAT_VERSION, CacheMismatchError, _compare, _read_json, atomic_save_safetensors,
-    atomic_write_json, item_space_hash, sha256_file, shard_name,
+from recdistill.teacher.cache_format import (
+    DTYPES, EXAMPLE_ID_SCHEME, FORMAT_VERSION, ITEM_TABLE_NAME, MANIFEST_NAME, CacheMismatchError,
+    atomic_save_safetensors, atomic_write_json, clear_cache_folder, compare, item_space_hash, read_json,
+    refuse_foreign, sha256_file, shard_name,
 )
 
 
@@ -113,6 +114,12 @@ def import_dllm2rec(
 
     ``example_ids[i]`` names the example of row ``i`` (our scheme: ``user * 2**20 + pos``).
     Distances become scores by negation (higher = better), recorded in the manifest.
+
+    Importing a split again replaces only that split's shards. ``overwrite`` is needed when the
+    settings (mapping, K, scores, item embeddings, dataset) changed; it removes only the files
+    the old cache owns, refuses a folder holding anything else, and refuses (rather than drop
+    them) when other splits were imported with the old settings. Imported caches carry no
+    teacher scores (``score_user``/``score_items``): full-catalogue distillation needs an emitted cache.
     """
     out = Path(output_dir)
     mapping = load_id_mapping(id_mapping)
@@ -140,6 +147,7 @@ def import_dllm2rec(
     target = np.array([split.sequences[u][p] for u, p in zip(users, pos)], dtype=np.int64)
 
     emb_sha = sha256_file(item_embeddings_file) if item_embeddings_file is not None else None
+    signals = ["example_id", "target", "topk_items", *(["topk_scores"] if scores is not None else [])]
     header = {
         "format_version": FORMAT_VERSION,
         "teacher": {"class": "dllm2rec-import", "mapping_sha256": _mapping_hash(mapping),
@@ -148,25 +156,38 @@ def import_dllm2rec(
                     "num_items": split.num_items, "item_space_sha256": item_space_hash(split.item_ids)},
         "k": k,
         "layers": [],
-        "dtypes": {"example_id": "int64", "target": "int32", "topk_items": "int32", "topk_scores": "float32"},
+        "signals": signals,
+        "dtypes": {key: DTYPES[key] for key in signals},
         "example_id_scheme": EXAMPLE_ID_SCHEME,
         "shard_size": int(shard_size),
     }
-    manifest_path = out / "manifest.json"
-    manifest = _read_json(manifest_path)
-    if manifest is not None and overwrite:
-        import shutil
-
-        shutil.rmtree(out)
-        manifest = None
-    if manifest is not None:
-        diff = _compare({key: manifest.get(key) for key in header}, header)
-        if diff:
+    manifest_path = out / MANIFEST_NAME
+    manifest = read_json(manifest_path)
+    if manifest is None:
+        refuse_foreign(out, None, "import into")
+    else:
+        diff = compare({key: manifest.get(key) for key in header}, header)
+        others = sorted(w for w in (manifest.get("splits") or {}) if w != which)
+        if diff and not overwrite:
             raise CacheMismatchError(f"signals cache {out} does not match this import: {diff}; rebuild with --overwrite")
+        if diff and others:  # never delete the splits imported earlier
+            raise CacheMismatchError(
+                f"signals cache {out} holds split(s) {others} imported with other settings ({diff}): "
+                f"overwrite would drop them; import every split again into a new folder")
+        if diff:  # overwrite, nothing else imported: remove exactly the old cache's files (refuses foreign ones)
+            clear_cache_folder(out, manifest)
+            manifest = None
+        else:  # re-import of this split (or a new one): drop only this split's old shards
+            old = (manifest.get("splits") or {}).get(which) or {}
+            for name in sorted(old.get("shards", {})):
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     manifest = dict(header, splits=dict((manifest or {}).get("splits", {})), complete=False,
-                    score_transform="negated distance" if (scores_file and scores_are_distances) else "as given",
-                    exclude_target=None, mask_history=None)
+                    item_embeddings=(manifest or {}).get("item_embeddings"),
+                    scoring=None, score_transform="negated distance" if (scores_file and scores_are_distances)
+                    else "as given", exclude_target=None, mask_history=None)
+    manifest["splits"].pop(which, None)
+    atomic_write_json(manifest_path, manifest)
 
     if item_embeddings_file is not None:
         emb = _load_embeddings(item_embeddings_file)
@@ -176,9 +197,8 @@ def import_dllm2rec(
         ours = _map_ids(np.arange(emb.shape[0], dtype=np.int64), mapping, str(item_embeddings_file))
         table = np.zeros((split.num_items + 1, emb.shape[1]), dtype=np.float32)
         table[ours] = emb
-        digest = atomic_save_safetensors(out / "item_embeddings.safetensors",
-                                         {"item_embeddings": torch.from_numpy(table)})
-        manifest["item_embeddings"] = {"file": "item_embeddings.safetensors", "sha256": digest,
+        digest = atomic_save_safetensors(out / ITEM_TABLE_NAME, {"item_embeddings": torch.from_numpy(table)})
+        manifest["item_embeddings"] = {"file": ITEM_TABLE_NAME, "sha256": digest,
                                        "shape": list(table.shape), "dtype": "float32"}
 
     order = np.argsort(eids, kind="stable")  # canonical row order: user-major, positions ascending

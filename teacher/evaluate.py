@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from recdistill.metrics import RankingAccumulator, ranking_metrics_from_ranks
-from recdistill.teacher.signals import atomic_write_json
+from recdistill.teacher.cache_format import atomic_write_json
 
 
 @torch.no_grad()

@@ -157,7 +157,7 @@ def test_rerun_is_a_noop_and_mismatch_is_refused(full_cache, teacher, dm):
     before = {p.name: p.stat().st_mtime_ns for p in full_cache.glob("*.safetensors")}
     emit_signals(teacher, dm, full_cache, **SETTINGS)
     assert {p.name: p.stat().st_mtime_ns for p in full_cache.glob("*.safetensors")} == before
-    with pytest.raises(CacheMismatchError, match=r"\bk\b.*--overwrite"):
+    with pytest.raises(CacheMismatchError, match=r"\bk\b.*--emit.overwrite"):
         emit_signals(teacher, dm, full_cache, **dict(SETTINGS, k=5))
     with pytest.raises(CacheMismatchError, match="layers"):
         emit_signals(teacher, dm, full_cache, **dict(SETTINGS, layers=[1]))
