@@ -15,6 +15,10 @@ Conventions (see ``/work/shared/methods.md``, "Protocol"):
   (``hr@10``, ``ndcg@10``, ``mrr@10``). Sampled ranking (target + ``n`` uniformly sampled
   negatives) is an option whose keys carry the protocol: ``sampled{n}_hr@10`` etc., so a
   sampled number can never be mistaken for a full-ranking one.
+* **Slices by training count.** :func:`sliced_ranking_metrics` also reports every metric on the
+  targets whose item has 0 training interactions (``cold/``), 1-10 (``rare/``) and more than 10
+  (``warm/``), with ``{slice}/count``; computed from per-example sums, so batches and processes
+  combine exactly (reduce the sums with ``sum``).
 * **Seen-item masking** is a flag (``mask_seen``); reports must say which was used.
   In full ranking it sets the user's history items to ``-inf`` (never the target); in sampled
   ranking it excludes them from the negative pool.
@@ -43,6 +47,13 @@ __all__ = [
     "gauc",
     "ctr_metrics",
     "CTRAccumulator",
+    "SLICES",
+    "target_slices",
+    "ranking_metric_sums",
+    "metrics_from_sums",
+    "sliced_metrics_from_sums",
+    "sliced_ranking_sums",
+    "sliced_ranking_metrics",
 ]
 
 Protocol = Literal["full", "sampled"]
@@ -445,3 +456,110 @@ class CTRAccumulator:
         if not self._logits:
             raise ValueError("no examples to compute metrics from")
         return ctr_metrics(torch.cat(self._logits), torch.cat(self._labels), torch.cat(self._users))
+
+
+# ----------------------------------------------------------------------------- slices by training count
+
+#: ``(name, lowest, highest)`` training-interaction count of the target item, inclusive; ``None``
+#: = no upper bound. Every target falls in exactly one slice.
+SLICES: tuple[tuple[str, int, int | None], ...] = (("cold", 0, 0), ("rare", 1, 10), ("warm", 11, None))
+
+
+def target_slices(targets: Tensor, item_train_counts: Tensor) -> Tensor:
+    """Slice index (position in :data:`SLICES`: 0 cold, 1 rare, 2 warm) of each target, ``Long[M]``.
+
+    ``item_train_counts`` is ``[num_items + 1]`` (``SequentialSplit.item_train_counts()``).
+    """
+    counts = torch.as_tensor(item_train_counts).long().cpu()
+    t = targets.detach().long().flatten().cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= counts.numel()):
+        raise ValueError(f"targets must lie in 0..{counts.numel() - 1} to look up item_train_counts "
+                         f"(length {counts.numel()}): do the counts come from the same split?")
+    c = counts[t]
+    index = torch.zeros_like(c)
+    for i, (_, low, high) in enumerate(SLICES):
+        inside = c >= low
+        if high is not None:
+            inside &= c <= high
+        index = torch.where(inside, i, index)
+    return index
+
+
+def ranking_metric_sums(
+    ranks: Tensor, ks: Sequence[int] = (5, 10, 20), groups: Tensor | None = None, num_groups: int = 1
+) -> Tensor:
+    """Per-group sums ``float64 [num_groups, 1 + 3 * len(ks)]``: the count, then for each ``k``
+    the sums of ``hr@k``, ``ndcg@k`` and ``mrr@k`` (same formulas as :func:`ranking_metrics_from_ranks`).
+
+    Sums (not means) add up exactly over batches and over processes (reduce with ``sum``);
+    :func:`metrics_from_sums` turns a row into means. ``groups`` (``Long[M]`` in
+    ``0..num_groups-1``) defaults to one group.
+    """
+    ks = _check_ks(ks)
+    r = ranks.detach().to(torch.float64).flatten().cpu()
+    if bool((r < 1).any()):
+        raise ValueError("ranks must be >= 1")
+    columns = [torch.ones_like(r)]
+    for k in ks:
+        hit = r <= k
+        columns += [hit.double(), torch.where(hit, 1.0 / torch.log2(r + 1.0), 0.0), torch.where(hit, 1.0 / r, 0.0)]
+    values = torch.stack(columns, dim=1)
+    g = torch.zeros_like(r, dtype=torch.long) if groups is None else groups.detach().long().flatten().cpu()
+    if g.numel() != r.numel():
+        raise ValueError("groups must have one entry per rank")
+    return torch.zeros(num_groups, values.shape[1], dtype=torch.float64).index_add_(0, g, values)
+
+
+def metrics_from_sums(sums: Tensor, ks: Sequence[int] = (5, 10, 20), *, prefix: str = "") -> dict[str, float]:
+    """Means from one row of :func:`ranking_metric_sums`; ``{}`` when its count is 0."""
+    ks = _check_ks(ks)
+    row = sums.detach().double().flatten().cpu()
+    if row.numel() != 1 + 3 * len(ks):
+        raise ValueError(f"a sums row for ks={ks} has {1 + 3 * len(ks)} entries, got {row.numel()}")
+    count = row[0].item()
+    if count <= 0:
+        return {}
+    out: dict[str, float] = {}
+    for i, k in enumerate(ks):
+        hr, ndcg, mrr = (row[1 + 3 * i : 4 + 3 * i] / count).tolist()
+        out[f"{prefix}hr@{k}"], out[f"{prefix}ndcg@{k}"], out[f"{prefix}mrr@{k}"] = hr, ndcg, mrr
+    return out
+
+
+def sliced_metrics_from_sums(sums: Tensor, ks: Sequence[int] = (5, 10, 20), *, prefix: str = "",
+                             counts: bool = True) -> dict[str, float]:
+    """Metrics from ``[1 + len(SLICES), C]`` sums (row 0 = every target, then one row per slice).
+
+    Keys: the overall ``{prefix}ndcg@10`` ..., then ``{slice}/{prefix}ndcg@10`` ... for each
+    non-empty slice and, with ``counts``, ``{slice}/count`` for every slice (0 when empty; an
+    empty slice has no metric keys rather than NaN).
+    """
+    out = metrics_from_sums(sums[0], ks, prefix=prefix)
+    for i, (name, _, _) in enumerate(SLICES, start=1):
+        out.update({f"{name}/{key}": value for key, value in metrics_from_sums(sums[i], ks, prefix=prefix).items()})
+        if counts:
+            out[f"{name}/count"] = float(sums[i, 0].item())
+    return out
+
+
+def sliced_ranking_sums(ranks: Tensor, targets: Tensor, item_train_counts: Tensor,
+                        ks: Sequence[int] = (5, 10, 20)) -> Tensor:
+    """``[1 + len(SLICES), 1 + 3 * len(ks)]`` sums: row 0 over every target, row ``1 + s`` over slice ``s``."""
+    slices = target_slices(targets, item_train_counts)
+    overall = ranking_metric_sums(ranks, ks)
+    return torch.cat([overall, ranking_metric_sums(ranks, ks, slices, len(SLICES))])
+
+
+def sliced_ranking_metrics(ranks: Tensor, targets: Tensor, item_train_counts: Tensor,
+                           ks: Sequence[int] = (5, 10, 20), *, prefix: str = "") -> dict[str, float]:
+    """Overall and per-slice (cold / rare / warm by the target's training count) ranking metrics.
+
+    ``ranks`` come from :func:`target_ranks` or :func:`sampled_ranks` (pessimistic ties), aligned
+    with ``targets``. Keys as in :func:`sliced_metrics_from_sums`, e.g. ``ndcg@10``,
+    ``cold/ndcg@10``, ``cold/count``, ``rare/hr@20``, ``warm/count``.
+    """
+    if ranks.numel() != targets.numel():
+        raise ValueError("ranks and targets must have the same number of elements")
+    if ranks.numel() == 0:
+        raise ValueError("no examples to compute metrics from")
+    return sliced_metrics_from_sums(sliced_ranking_sums(ranks, targets, item_train_counts, ks), ks, prefix=prefix)

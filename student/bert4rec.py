@@ -20,6 +20,11 @@ class BERT4Rec(nn.Module):
     appends the mask token, dropping the oldest position to keep length ``L``, and predicts the
     item at the mask. ``score`` is a separate output layer over ``num_items + 1`` columns (the
     mask token is never a prediction target).
+
+    Layers (contract in ``student/base.py``): ``layers[0]`` = the LayerNormed, dropped-out item +
+    position embedding, ``layers[i]`` = block ``i``'s output (the last is ``sequence``), all
+    aligned with the tokens read: ``append_mask(input_ids)`` for ``encode``, the given tokens for
+    ``encode_masked``.
     """
 
     objective = "cloze"
@@ -56,12 +61,24 @@ class BERT4Rec(nn.Module):
         """Drop the oldest position and append ``mask_token``: ``[B, L] -> [B, L]``."""
         return torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], self.mask_token)], dim=1)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return (self.item_embedding.embedding_dim,) * (len(self.blocks) + 1)
+
+    def encoder_input(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The tokens ``encode`` reads: ``append_mask(input_ids)``."""
+        return self.append_mask(input_ids)
+
     def encode_masked(self, input_ids: torch.Tensor) -> Encoded:
         """Encode an already-masked sequence; ``sequence`` holds the output at every position."""
         mask = attention_mask(input_ids, causal=False)
         x = self.item_embedding(input_ids) + self.position_embedding(input_ids)
         x = self.dropout(self.embedding_norm(x))
-        layers = []
+        layers = [x]
         for block in self.blocks:
             x = block(x, mask)
             layers.append(x)

@@ -23,6 +23,9 @@ class Caser(nn.Module):
     Linear + ReLU to ``hidden_size``. ``sequence[:, t]`` is computed from the window of items
     ``t - window + 1 .. t`` (zero embeddings before the start), so one forward pass gives the
     representation at every position; ``score`` is a separate output layer (the paper's W', b').
+
+    Layers (contract in ``student/base.py``): one block (convolutions + Linear), so
+    ``layers = (item embedding at each position, sequence)``, both of width ``hidden_size``.
     """
 
     objective = "next_item"
@@ -50,20 +53,30 @@ class Caser(nn.Module):
         self.output = nn.Linear(hidden_size, num_items + 1)
         init_normal(self, linear=False)
 
-    def _windows(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """``[B, L] -> [B * L, 1, window, d]``: the ``window`` embeddings ending at each position."""
-        length = input_ids.size(1)
-        padded = F.pad(self.item_embedding(input_ids), (0, 0, self.window - 1, 0))
+    num_layers = 1  # the convolution + Linear block
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return (self.item_embedding.embedding_dim, self.fc.out_features)
+
+    def encoder_input(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
+    def _windows(self, embedded: torch.Tensor) -> torch.Tensor:
+        """``[B, L, d] -> [B * L, 1, window, d]``: the ``window`` embeddings ending at each position."""
+        length = embedded.size(1)
+        padded = F.pad(embedded, (0, 0, self.window - 1, 0))
         windows = torch.stack([padded[:, i : i + length] for i in range(self.window)], dim=2)
         return windows.flatten(0, 1).unsqueeze(1)
 
     def encode(self, input_ids: torch.Tensor) -> Encoded:
-        windows = self._windows(input_ids)
+        embedded = self.item_embedding(input_ids)
+        windows = self._windows(embedded)
         vertical = self.vertical(windows).flatten(1)  # [B*L, n_v * d]
         horizontal = [torch.relu(conv(windows).squeeze(3)).amax(dim=2) for conv in self.horizontal]
         features = self.dropout(torch.cat([vertical, *horizontal], dim=1))
         sequence = torch.relu(self.fc(features)).reshape(input_ids.size(0), input_ids.size(1), -1)
-        return Encoded(last=sequence[:, -1], layers=(sequence,), sequence=sequence)
+        return Encoded(last=sequence[:, -1], layers=(embedded, sequence), sequence=sequence)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.output(hidden)

@@ -19,7 +19,13 @@ class DeepFM(nn.Module):
     ``logit = bias + sum_f w_f + FM(v_1..v_F) + w_out . MLP([v_1; ..; v_F; W_d dense])``.
     Dense features enter the deep part through a Linear to ``embed_dim`` (and a first-order
     Linear). ``history`` and ``num_items`` are accepted for the common CTR signature and
-    ignored. ``Encoded.last`` is the MLP output (what the output layer sees).
+    ignored. ``Encoded.last`` is the MLP output (what the output layer sees) and
+    ``Encoded.logit_offset`` the first-order + FM logit, so
+    ``forward == score(enc.last) + enc.logit_offset``.
+
+    Layers (contract in ``student/base.py``): ``layers[0]`` = the deep input
+    ``[v_1; ..; v_F; W_d dense]`` (width ``embed_dim * (F + [dense_dim > 0])``), then one entry
+    per MLP block (width ``mlp_dims[i]``); ``num_layers = len(mlp_dims)``.
     """
 
     objective = "ctr"
@@ -55,11 +61,30 @@ class DeepFM(nn.Module):
             deep_in = torch.cat([deep_in, self.dense_embedding(dense)], dim=1)
         return shallow, deep_in
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.mlp.blocks)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        deep_in = len(self.embedding.embeddings) * self.embedding.embed_dim
+        if self.dense_embedding is not None:
+            deep_in += self.dense_embedding.out_features
+        return (deep_in, *(block[0].out_features for block in self.mlp.blocks))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.layer_widths[-1]
+
     def encode(self, sparse: torch.Tensor, dense: torch.Tensor, history: torch.Tensor) -> Encoded:
-        deep_in = self._parts(sparse, dense)[1]
-        layers = self.mlp.layer_outputs(deep_in)
-        return Encoded(last=layers[-1] if layers else deep_in, layers=layers)
+        shallow, deep_in = self._parts(sparse, dense)
+        layers = (deep_in, *self.mlp.layer_outputs(deep_in))
+        return Encoded(last=layers[-1], layers=layers, logit_offset=shallow)
+
+    def score(self, last: torch.Tensor) -> torch.Tensor:
+        """The output layer: ``[B, hidden_size] -> [B]`` (without the first-order + FM offset)."""
+        return self.output(last).squeeze(-1)
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        shallow, deep_in = self._parts(sparse, dense)
-        return shallow + self.output(self.mlp(deep_in)).squeeze(1)
+        encoded = self.encode(sparse, dense, history)
+        return self.score(encoded.last) + encoded.logit_offset

@@ -38,7 +38,11 @@ class DIN(nn.Module):
     one item embedding of ``num_items + 1`` rows; ``field_dims[item_field]`` must not exceed
     ``num_items + 1`` (``num_items=0`` means ``field_dims[item_field] - 1``). The other fields
     have their own embeddings. MLP input: ``[other fields; target; attention-pooled history;
-    dense]``. ``Encoded.last`` is the MLP output and ``forward = output(encode(...).last)``.
+    dense]``. ``Encoded.last`` is the MLP output and ``forward = score(encode(...).last)``.
+
+    Layers (contract in ``student/base.py``): ``layers[0]`` = that MLP input (width
+    ``embed_dim * (F + 1) + dense_dim``), then each MLP block (width ``mlp_dims[i]``);
+    ``num_layers = len(mlp_dims)``.
     """
 
     objective = "ctr"
@@ -78,8 +82,25 @@ class DIN(nn.Module):
         pooled = self.attention(self.item_embedding(history), target, history != 0)
         others = self.embedding(sparse[:, self.other_fields]).flatten(1)
         x = torch.cat([others, target, pooled, dense], dim=1)
-        layers = self.mlp.layer_outputs(x)
-        return Encoded(last=layers[-1] if layers else x, layers=layers)
+        layers = (x, *self.mlp.layer_outputs(x))
+        return Encoded(last=layers[-1], layers=layers)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.mlp.blocks)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        first = self.mlp.blocks[0][0].in_features if self.mlp.blocks else self.output.in_features
+        return (first, *(block[0].out_features for block in self.mlp.blocks))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.output.in_features
+
+    def score(self, last: torch.Tensor) -> torch.Tensor:
+        """The output layer: ``[B, hidden_size] -> [B]``."""
+        return self.output(last).squeeze(-1)
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
-        return self.output(self.encode(sparse, dense, history).last).squeeze(1)
+        return self.score(self.encode(sparse, dense, history).last)

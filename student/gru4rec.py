@@ -39,6 +39,10 @@ class GRU4Rec(nn.Module):
     Export note: the TorchScript ONNX exporter keeps batch and length dynamic; ``torch.export``
     (the dynamo exporter) specialises ``nn.GRU`` to the example's sequence length (torch 2.13),
     so there export with a dynamic batch at a fixed, left-padded length.
+
+    Layers (contract in ``student/base.py``): ``layers[0]`` = the dropped-out item embedding,
+    ``layers[i]`` = GRU layer ``i``'s output (width ``gru_size``; zero at padding positions),
+    the dense layer folded into the last entry (width ``hidden_size``), all at input positions.
     """
 
     objective = "next_item"
@@ -62,16 +66,30 @@ class GRU4Rec(nn.Module):
         self.dense = nn.Linear(gru_size, hidden_size)
         init_normal(self, linear=False)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.grus)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        inner = tuple(gru.hidden_size for gru in list(self.grus)[:-1])
+        return (self.item_embedding.embedding_dim, *inner, self.dense.out_features)
+
+    def encoder_input(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
     def encode(self, input_ids: torch.Tensor) -> Encoded:
         length = input_ids.size(1)
         real = torch.cumsum((input_ids != 0).long(), dim=1) > 0  # False on the left-padding prefix
         num_pad = (~real).long().sum(dim=1)
+        back = length - num_pad  # rotation from "real items first" back to input positions
         x = self.dropout(self.item_embedding(_shift(input_ids, num_pad)))  # real items first
-        layers = []
+        layers = [_shift(x, back) * real[..., None]]
         for gru in self.grus:
             x, _ = gru(x)
-            layers.append(_shift(x, length - num_pad) * real[..., None])  # back to input positions
+            layers.append(_shift(x, back) * real[..., None])
         sequence = self.dense(layers[-1])
+        layers[-1] = sequence
         return Encoded(last=sequence[:, -1], layers=tuple(layers), sequence=sequence)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:

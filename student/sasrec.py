@@ -17,6 +17,9 @@ class SASRec(nn.Module):
     Item embedding + right-aligned learned positions -> dropout -> ``num_layers`` pre-LayerNorm
     causal transformer blocks (padding keys masked) -> final LayerNorm. ``score`` is the dot
     product with the (shared) item embedding table, as in the paper.
+
+    Layers (contract in ``student/base.py``): ``layers[0]`` = the dropped-out item + position
+    embedding, ``layers[i]`` = block ``i``'s output, the final LayerNorm folded into the last.
     """
 
     objective = "next_item"
@@ -45,14 +48,26 @@ class SASRec(nn.Module):
         self.final_norm = nn.LayerNorm(hidden_size)
         init_normal(self)
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def layer_widths(self) -> tuple[int, ...]:
+        return (self.item_embedding.embedding_dim,) * (len(self.blocks) + 1)
+
+    def encoder_input(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return input_ids
+
     def encode(self, input_ids: torch.Tensor) -> Encoded:
         mask = attention_mask(input_ids, causal=True)
         x = self.dropout(self.item_embedding(input_ids) + self.position_embedding(input_ids))
-        layers = []
+        layers = [x]
         for block in self.blocks:
             x = block(x, mask)
             layers.append(x)
         sequence = self.final_norm(x)
+        layers[-1] = sequence
         return Encoded(last=sequence[:, -1], layers=tuple(layers), sequence=sequence)
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -18,9 +18,16 @@ from recdistill.metrics import (
     log_loss,
     mask_history,
     ranking_metrics_from_ranks,
+    SLICES,
+    metrics_from_sums,
+    ranking_metric_sums,
     sample_negatives,
     sampled_ranks,
+    sliced_metrics_from_sums,
+    sliced_ranking_metrics,
+    sliced_ranking_sums,
     target_ranks,
+    target_slices,
 )
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -383,3 +390,93 @@ def test_cuda_matches_cpu() -> None:
     assert torch.equal(r_cpu, r_gpu.cpu())
     s, y, u = make_ctr(0)
     assert_dict_close(ctr_metrics(s.to(dev), y.to(dev), u.to(dev)), ctr_metrics(s, y, u))
+
+
+# ----------------------------------------------------------------------------- slices
+
+
+def ref_slice(count: int) -> str:
+    return "cold" if count == 0 else ("rare" if count <= 10 else "warm")
+
+
+def make_counts(n: int, seed: int) -> torch.Tensor:
+    """Training counts per item 0..n: every slice present, boundaries 0 / 1 / 10 / 11 included."""
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0, 30, (n + 1,), generator=g)
+    counts[1:5] = torch.tensor([0, 1, 10, 11])
+    counts[5:12] = 0
+    counts[12:20] = torch.randint(1, 11, (8,), generator=g)
+    return counts
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_sliced_metrics_match_brute_force(seed: int) -> None:
+    scores, target, history = make_batch(seed)
+    n = scores.shape[1] - 1
+    counts = make_counts(n, seed)
+    s_np, t_np, h_np = scores.numpy(), target.numpy(), history.numpy()
+    ranks = target_ranks(mask_history(scores, history, target), target)
+    got = sliced_ranking_metrics(ranks, target, counts, ks=KS)
+    per_slice: dict[str, list[int]] = {"cold": [], "rare": [], "warm": []}
+    every = []
+    for i in range(len(t_np)):  # brute force: rank by loops, then group by the target's count
+        seen = {int(x) for x in h_np[i] if x != 0}
+        r = ref_rank(s_np[i], int(t_np[i]), seen)
+        every.append(r)
+        per_slice[ref_slice(int(counts[int(t_np[i])]))].append(r)
+    expected = dict(ref_metrics(every))
+    for name, rs in per_slice.items():
+        expected[f"{name}/count"] = float(len(rs))
+        if rs:
+            expected.update({f"{name}/{k}": v for k, v in ref_metrics(rs).items()})
+    assert set(got) == set(expected)
+    assert_dict_close(got, expected, tol=1e-12)
+    assert sum(got[f"{name}/count"] for name, _, _ in SLICES) == len(t_np)
+
+
+def test_slice_boundaries_and_keys() -> None:
+    counts = torch.tensor([0, 0, 1, 10, 11, 500])
+    assert target_slices(torch.tensor([1, 2, 3, 4, 5]), counts).tolist() == [0, 1, 1, 2, 2]
+    assert [name for name, _, _ in SLICES] == ["cold", "rare", "warm"]
+    m = sliced_ranking_metrics(torch.tensor([1, 3, 11, 2]), torch.tensor([1, 2, 3, 4]), counts, ks=(10,))
+    assert m["cold/count"] == 1 and m["rare/count"] == 2 and m["warm/count"] == 1
+    assert m["cold/ndcg@10"] == pytest.approx(1.0)
+    assert m["rare/hr@10"] == pytest.approx(0.5) and m["rare/mrr@10"] == pytest.approx(1 / 6)
+    assert m["warm/ndcg@10"] == pytest.approx(1 / math.log2(3))
+    assert m["ndcg@10"] == pytest.approx(ranking_metrics_from_ranks(torch.tensor([1, 3, 11, 2]), (10,))["ndcg@10"])
+    with pytest.raises(ValueError, match="item_train_counts"):
+        target_slices(torch.tensor([6]), counts)
+
+
+def test_empty_slice_reports_only_its_count() -> None:
+    counts = torch.tensor([0, 20, 20, 20])
+    m = sliced_ranking_metrics(torch.tensor([1, 2]), torch.tensor([1, 3]), counts, ks=(10,))
+    assert m["cold/count"] == 0 and m["rare/count"] == 0 and m["warm/count"] == 2
+    assert not any(k.startswith(("cold/", "rare/")) and not k.endswith("count") for k in m)
+    assert all(v == v for v in m.values())  # no NaN
+
+
+def test_pessimistic_ties_in_slices() -> None:
+    b, n = 12, 30
+    scores = torch.zeros(b, n + 1)
+    target = torch.arange(1, b + 1)
+    counts = torch.zeros(n + 1, dtype=torch.long)
+    counts[1:5], counts[5:9] = 3, 50
+    m = sliced_ranking_metrics(target_ranks(scores, target), target, counts, ks=(10,))
+    assert all(m[f"{s}/hr@10"] == 0.0 for s in ("cold", "rare", "warm"))
+
+
+def test_sums_combine_exactly_over_batches_and_processes() -> None:
+    """Per-example sums added over unequal batches (or over processes, reduced with sum) give
+    exactly the one-shot metrics; sampled keys carry their prefix inside the slice."""
+    scores, target, history = make_batch(5, b=103)
+    counts = make_counts(scores.shape[1] - 1, 5)
+    ranks = target_ranks(mask_history(scores, history, target), target)
+    parts = [sliced_ranking_sums(ranks[sl], target[sl], counts, KS) for sl in (slice(0, 7), slice(7, 60), slice(60, 103))]
+    total = parts[0] + parts[1] + parts[2]
+    assert total.dtype == torch.float64 and total.shape == (1 + len(SLICES), 1 + 3 * len(KS))
+    assert_dict_close(sliced_metrics_from_sums(total, KS), sliced_ranking_metrics(ranks, target, counts, KS), tol=1e-12)
+    assert_dict_close(metrics_from_sums(ranking_metric_sums(ranks, KS)[0], KS), ranking_metrics_from_ranks(ranks, KS),
+                      tol=1e-12)
+    sampled = sliced_metrics_from_sums(total, KS, prefix="sampled50_", counts=False)
+    assert "cold/sampled50_ndcg@10" in sampled and "cold/count" not in sampled

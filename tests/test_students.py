@@ -258,3 +258,101 @@ def test_ctr_learns_planted_label(name: str) -> None:
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.3 * first
+
+
+# --- task_loss: everything a distillation module reuses ---------------------------------------
+
+
+def _train_batch(tiny_split: Any, max_len: int = 8, windows: str = "all") -> dict[str, torch.Tensor]:
+    from recdistill.data import SequentialDataModule
+
+    module = SequentialDataModule.from_split(tiny_split, max_len=max_len, batch_size=64, train_windows=windows)
+    return next(iter(module.dataloader("train")))
+
+
+@pytest.mark.parametrize("name", CAUSAL)
+def test_task_output_of_causal_students(name: str, tiny_split: Any) -> None:
+    from recdistill.student.tasks import SequentialRecommender, TaskOutput
+
+    batch = _train_batch(tiny_split)
+    student = build_student(name, **{**SEQ_KWARGS[name], "num_items": tiny_split.num_items}).eval()
+    out = SequentialRecommender(student).task_loss(batch)
+    assert isinstance(out, TaskOutput)
+    assert out.input_ids is batch["input_ids"]
+    assert torch.equal(out.positions, batch["labels"] > 0)
+    assert torch.equal(out.labels, batch["labels"][batch["labels"] > 0])
+    assert torch.equal(out.example_ids, batch["example_ids"][out.positions])
+    P = int(out.positions.sum())
+    assert out.logits.shape == (P, tiny_split.num_items + 1) and out.labels.shape == (P,)
+    with torch.no_grad():
+        fresh = student.score(student.encode(batch["input_ids"]).sequence)[out.positions]
+    torch.testing.assert_close(out.logits, fresh)
+    torch.testing.assert_close(out.logits, student.score(out.encoded.sequence[out.positions]))
+    torch.testing.assert_close(out.loss, F.cross_entropy(fresh, out.labels))
+    assert len(out.encoded.layers) == student.num_layers + 1
+
+
+def test_task_output_of_bert4rec(tiny_split: Any) -> None:
+    from recdistill.data.schema import EXAMPLE_STRIDE
+    from recdistill.student.tasks import SequentialRecommender
+
+    batch = _train_batch(tiny_split, max_len=8)
+    kwargs = {**SEQ_KWARGS["bert4rec"], "num_items": tiny_split.num_items, "max_len": 9}  # L + 1
+    student = build_student("bert4rec", **kwargs).eval()
+    out = SequentialRecommender(student).task_loss(batch)
+    window = torch.cat([batch["input_ids"], batch["labels"][:, -1:]], dim=1)  # every item of the window
+    assert out.input_ids.shape == out.positions.shape == window.shape
+    assert torch.equal(out.input_ids[out.positions], torch.full_like(out.labels, student.mask_token))
+    assert torch.equal(out.input_ids[~out.positions], window[~out.positions])
+    assert torch.equal(out.labels, window[out.positions]) and (out.labels > 0).all()
+    assert out.positions.any(dim=1).all()  # at least one target per row
+    with torch.no_grad():
+        fresh = student.score(student.encode_masked(out.input_ids).sequence)[out.positions]
+    torch.testing.assert_close(out.logits, fresh)
+    torch.testing.assert_close(out.loss, F.cross_entropy(fresh, out.labels))
+    # example ids name the item at each masked position: user * STRIDE + its position in the sequence
+    users, pos = out.example_ids // EXAMPLE_STRIDE, out.example_ids % EXAMPLE_STRIDE
+    for user, p, item, eid in zip(users.tolist(), pos.tolist(), out.labels.tolist(), out.example_ids.tolist()):
+        if eid == -1:
+            continue
+        assert p >= 1 and int(tiny_split.sequences[user][p]) == item
+
+
+def test_bert4rec_first_item_can_be_a_target() -> None:
+    """Issue 11: the cloze window is built from the whole sequence, not from the labels, so the
+    first item of a sequence is maskable (and, at position 0, has no example id)."""
+    from recdistill.student.tasks import SequentialRecommender
+
+    # user 3 with sequence [5, 6, 7, 8]: inputs [5, 6, 7] -> labels [6, 7, 8], left-padded to L = 5
+    stride = 1 << 20
+    batch = {"input_ids": torch.tensor([[0, 0, 5, 6, 7]]), "labels": torch.tensor([[0, 0, 6, 7, 8]]),
+             "example_ids": torch.tensor([[0, 0, 3 * stride + 1, 3 * stride + 2, 3 * stride + 3]])}
+    student = build_student("bert4rec", **{**SEQ_KWARGS["bert4rec"], "mask_prob": 1.0}).eval()
+    out = SequentialRecommender(student).task_loss(batch)  # max_len 10 >= L + 1: the whole window
+    assert out.labels.tolist() == [5, 6, 7, 8]
+    assert out.example_ids.tolist() == [-1, 3 * stride + 1, 3 * stride + 2, 3 * stride + 3]
+    assert out.input_ids.tolist() == [[0, 0] + [student.mask_token] * 4]
+
+    student = build_student("bert4rec", **{**SEQ_KWARGS["bert4rec"], "max_len": 5, "mask_prob": 0.5})
+    module = SequentialRecommender(student)
+    seen = torch.zeros(N + 1)
+    for _ in range(200):  # the window is cut to max_len = 5 by dropping a padding position only
+        out = module.task_loss(batch)
+        assert out.input_ids.shape == (1, 5)
+        seen.index_add_(0, out.labels, torch.ones(len(out.labels)))
+    assert 60 < seen[5] < 140 and all(seen[i] > 60 for i in (6, 7, 8))  # ~half the draws each
+
+
+@pytest.mark.parametrize("name,kwargs", CTR_VARIANTS)
+def test_ctr_task_output(name: str, kwargs: dict[str, Any]) -> None:
+    from recdistill.student.tasks import CTRRecommender, CTRTaskOutput
+
+    model = build_student(name, **kwargs).eval()
+    sparse, dense, hist = ctr_inputs(6)
+    dense = dense[:, : kwargs.get("dense_dim", 0)]
+    batch = {"sparse": sparse, "dense": dense, "history": hist, "label": torch.tensor([0, 1, 1, 0, 1, 0.0])}
+    out = CTRRecommender(model).task_loss(batch)
+    assert isinstance(out, CTRTaskOutput)
+    torch.testing.assert_close(out.logits, model(sparse, dense, hist))
+    torch.testing.assert_close(out.loss, F.binary_cross_entropy_with_logits(out.logits, batch["label"]))
+    assert out.encoded.layers[-1] is out.encoded.last
