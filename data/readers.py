@@ -111,13 +111,15 @@ def _read_table(path: Path, fmt: str, column_map: dict[str, str] | None, sep: st
     if not path.exists():
         raise DataFormatError(f"data file {path} not found")
     if fmt == "parquet":
-        df = pd.read_parquet(path)
+        df = _unreadable_is_named(path, fmt, lambda: pd.read_parquet(path))
         cmap = resolve_columns(df, column_map, path.name, required=("user", "item"))
     else:
         sep = sep or ("," if fmt == "csv" else "\t")
-        cmap = resolve_columns(pd.read_csv(path, sep=sep, nrows=0), column_map, path.name, required=("user", "item"))
+        header = _unreadable_is_named(path, fmt, lambda: pd.read_csv(path, sep=sep, nrows=0))
+        cmap = resolve_columns(header, column_map, path.name, required=("user", "item"))
         # ids as text, so "007" is not silently read as 7 (normalise_ids turns safe ones into int64)
-        df = pd.read_csv(path, sep=sep, dtype={cmap["user"]: str, cmap["item"]: str})
+        df = _unreadable_is_named(path, fmt, lambda: pd.read_csv(path, sep=sep, dtype={cmap["user"]: str,
+                                                                                       cmap["item"]: str}))
     frame = interactions_frame(df, cmap["user"], cmap["item"], cmap.get("timestamp"), cmap.get("rating"), path.name)
     items = None
     if "item_text" in cmap:
@@ -127,6 +129,19 @@ def _read_table(path: Path, fmt: str, column_map: dict[str, str] | None, sep: st
         items["year"] = year_from_title(items["title"])
     name = path.name.split(".")[0]
     return Interactions(name, frame, items, None, str(path))
+
+
+def _unreadable_is_named(path: Path, fmt: str, read):
+    """Run a pandas reader; a file it cannot read (permissions, not a table, bad encoding) becomes a
+    :class:`DataFormatError` naming the file and the format it was read as."""
+    try:
+        return read()
+    except DataFormatError:
+        raise
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:  # ArrowInvalid is a ValueError
+        reason = " ".join(str(exc).split())[:200].rstrip(".") or type(exc).__name__
+        raise DataFormatError(f"cannot read {path} as {fmt}: {reason}. Check the file, or pass format= "
+                              f"(one of {', '.join(FORMATS)})") from None
 
 
 def _folder(path: Path, marker: str) -> Path:

@@ -1,18 +1,26 @@
 """Save and load a trained student without Lightning or the recipe that made it.
 
 A student folder holds ``model.safetensors`` (weights) and ``student.json``
-(``{"name": registry name, "init_args": constructor arguments}``), written atomically.
+(``{"name": registry name, "init_args": constructor arguments, "weights_sha256": ...}``), written
+atomically.
+
+``student.json`` is untrusted input when loading: ``name`` must be a registered student (never a
+class path), ``init_args`` must be plain JSON values accepted by its constructor, no other keys are
+allowed, the weights are read only from the folder's own ``model.safetensors`` and must match the
+recorded sha256. Every failure is a :class:`~recdistill.errors.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recdistill.atomic import atomic_path, write_json
+from recdistill.atomic import atomic_path, sha256_file, write_json
+from recdistill.errors import CheckpointError
 
 WEIGHTS_NAME = "model.safetensors"
 SPEC_NAME = "student.json"
@@ -30,19 +38,64 @@ def save_student(model: nn.Module, directory: str | Path) -> Path:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"student": name})
-    write_json(directory / SPEC_NAME, {"name": name, "init_args": init_args})
+        digest = sha256_file(tmp)
+    write_json(directory / SPEC_NAME, {"name": name, "init_args": init_args, "weights_sha256": digest})
     return directory
+
+
+_SPEC_KEYS = {"name", "init_args", "weights_sha256"}
+
+
+def read_student_spec(directory: str | Path) -> dict[str, Any]:
+    """``student.json`` of ``directory``, checked for shape (see the module docstring)."""
+    directory = Path(directory)
+    spec_path = directory / SPEC_NAME
+    if not spec_path.is_file():
+        raise CheckpointError(f"{spec_path} not found: is {directory} a folder written by save_student "
+                              f"(OUTPUT_DIR/student of `recdistill student fit`)?")
+    try:
+        spec = json.loads(spec_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{spec_path} is corrupt (not valid JSON: {exc})") from None
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{spec_path} must hold a JSON object, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - _SPEC_KEYS)
+    if unknown:
+        raise CheckpointError(f"{spec_path}: unknown field(s) {unknown}; a student spec has {sorted(_SPEC_KEYS)}")
+    if not isinstance(spec.get("name"), str):
+        raise CheckpointError(f"{spec_path}: 'name' must be the registry name of a student, "
+                              f"got {spec.get('name')!r:.80}")
+    if not isinstance(spec.get("init_args"), dict):
+        raise CheckpointError(f"{spec_path}: 'init_args' must be a JSON object of constructor arguments")
+    if spec.get("weights_sha256") is not None and not isinstance(spec["weights_sha256"], str):
+        raise CheckpointError(f"{spec_path}: 'weights_sha256' must be a hex string")
+    return spec
 
 
 def load_student(directory: str | Path) -> nn.Module:
     """Rebuild a student from ``student.json`` and load its safetensors weights (strict)."""
-    from recdistill.student import build_student
+    from recdistill.student import UnknownStudentError, build_student
 
     directory = Path(directory)
+    spec = read_student_spec(directory)
     spec_path = directory / SPEC_NAME
-    if not spec_path.exists():
-        raise FileNotFoundError(f"{spec_path} not found: is {directory} a folder written by save_student?")
-    spec = json.loads(spec_path.read_text())
-    model = build_student(spec["name"], **spec["init_args"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS_NAME)), strict=True)
+    try:
+        model = build_student(spec["name"], **spec["init_args"])
+    except (UnknownStudentError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{spec_path}: cannot build the student: {exc}") from None
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} not found: the student folder {directory} is incomplete")
+    recorded = spec.get("weights_sha256")
+    if recorded and sha256_file(weights) != recorded:
+        raise CheckpointError(f"{weights} does not match the sha256 recorded in {spec_path}: the file is corrupt "
+                              f"or was replaced")
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"cannot read {weights}: {exc}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights} does not fit {spec_path}: {' '.join(str(exc).split())[:300]}") from None
     return model.eval()

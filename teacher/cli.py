@@ -56,11 +56,11 @@ def _add_common(parser) -> None:
 
 def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
     from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-    from lightning.pytorch.loggers import CSVLogger
 
     from recdistill.data import SequentialDataModule
     from recdistill.teacher.hllm import HLLMTeacher
     from recdistill.teacher.text_prompt import TextPromptTeacher  # noqa: F401  (short class_path names)
+    from recdistill.training import build_lightning_cli
 
     class TeacherCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -70,31 +70,21 @@ def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
                                   compute_fn=lambda split: list(split.item_text))
             parser.link_arguments("data.fingerprint", "model.init_args.dataset_fingerprint", apply_on="instantiate")
 
-    import warnings
-
-    from jsonargparse import lazy_instance
-
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")  # as student fit
-    return TeacherCLI(
+    return build_lightning_cli(
+        TeacherCLI,
         model_class=HLLMTeacher,
         subclass_mode_model=True,  # a flat `model:` section means HLLMTeacher itself (jsonargparse >= 4.29)
         datamodule_class=SequentialDataModule,
-        args=["--config", str(config), *rest],
-        run=False,
-        save_config_callback=None,
-        seed_everything_default=0,
-        trainer_defaults={
-            "default_root_dir": str(output_dir),
-            "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),
-        },
+        config=config, overrides=rest, output_dir=output_dir,
     )
 
 
 def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
     """Parse the recipe, instantiating only the data module (emit/eval load the fitted teacher)."""
-    from jsonargparse import ArgumentParser, ActionConfigFile
+    from jsonargparse import ActionConfigFile, ArgumentError, ArgumentParser
 
     from recdistill.data import SequentialDataModule
+    from recdistill.errors import ConfigError, one_line
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
@@ -103,27 +93,12 @@ def _data_only(config: Path, rest: list[str]) -> tuple[Any, dict[str, Any]]:
     parser.add_argument("--model", type=dict, default={})
     parser.add_argument("--trainer", type=dict, default={})
     _add_common(parser)
-    cfg = parser.parse_args(["--config", str(config), *rest])
+    try:
+        cfg = parser.parse_args(["--config", str(config), *rest])
+    except ArgumentError as exc:
+        raise ConfigError(f"recipe {config}: {one_line(str(exc))}") from None
     init = parser.instantiate_classes(cfg)
     return init.data, cfg.as_dict()
-
-
-def _own_cause(exc: BaseException) -> BaseException | None:
-    """The first exception in ``exc``'s cause chain raised by recdistill's own code, if any."""
-    package = Path(__file__).resolve().parent.parent
-    seen: set[int] = set()
-    current = exc.__cause__
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        tb, last = current.__traceback__, None
-        while tb is not None:
-            last, tb = tb, tb.tb_next
-        filename = Path(last.tb_frame.f_code.co_filename).resolve() if last is not None else None
-        if filename is not None and filename.is_relative_to(package) \
-                and "site-packages" not in filename.relative_to(package).parts:  # a venv inside the checkout
-            return current
-        current = current.__cause__
-    return None
 
 
 def _emit_trainer_kwargs(e: dict[str, Any]) -> dict[str, Any]:
@@ -135,23 +110,31 @@ def _emit_trainer_kwargs(e: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_teacher_command(action: str, config: str | Path, output_dir: str | Path, rest: list[str] | None = None,
-                        resume: bool = False) -> int:
-    """Dispatch ``fit`` / ``emit`` / ``eval``; returns a process exit code."""
+                        resume: bool = False, trust_remote_code: bool = False) -> int:
+    """Dispatch ``fit`` / ``emit`` / ``eval``; returns a process exit code.
+
+    Expected failures raise :class:`~recdistill.errors.UserError` (or one of the package's known error
+    types) before anything is written to ``output_dir``. ``trust_remote_code`` (``--trust-remote-code``)
+    lets emit/eval run the base model's hub code; it is never read from the checkpoint.
+    """
     from recdistill.atomic import write_text
+    from recdistill.errors import CheckpointError, ConfigError
     from recdistill.recipes import recipe_path
 
+    if action not in ("fit", "emit", "eval"):
+        raise ConfigError(f"unknown teacher action {action!r}; use fit, emit or eval")
     rest = list(rest or [])
     config = recipe_path(str(config))
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     if action == "fit":
-        try:
-            cli = _fit_cli(config, output_dir, rest)
-        except ValueError as exc:  # jsonargparse wraps our constructor errors in a dump of the config
-            cause = _own_cause(exc)
-            if cause is None:
-                raise
-            raise cause from None
+        cli = _fit_cli(config, output_dir, rest)
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if resume and last.exists():
+            from recdistill.teacher.hllm import is_trained_key
+            from recdistill.training import check_resume_checkpoint
+
+            check_resume_checkpoint(last, cli.model, select=is_trained_key)
+        output_dir.mkdir(parents=True, exist_ok=True)  # only once the recipe and the data are known to be good
         write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir, resume=resume)
         print(f"wrote teacher checkpoint {path}")
@@ -159,10 +142,18 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
     datamodule, cfg = _data_only(config, rest)
     checkpoint = output_dir / "adapter"
     if not (checkpoint / "teacher.json").is_file():
-        raise FileNotFoundError(f"no fitted teacher in {checkpoint}; run `recdistill teacher fit` first")
+        raise CheckpointError(f"no fitted teacher in {checkpoint} (no teacher.json); run "
+                              f"`recdistill teacher fit --config {config} --output-dir {output_dir}` first")
     from recdistill.teacher.hllm import load_teacher
 
-    module = load_teacher(checkpoint)
+    module = load_teacher(checkpoint, trust_remote_code=trust_remote_code)
+    trained_on = getattr(module, "dataset_fingerprint", None)
+    if trained_on is not None and trained_on != datamodule.fingerprint:
+        raise CheckpointError(
+            f"the teacher in {checkpoint} was trained on another dataset (fingerprint {trained_on[:12]}...) than "
+            f"data.dataset={cfg['data'].get('dataset')!r} (fingerprint {datamodule.fingerprint[:12]}...); use the "
+            f"recipe's data settings from fit, or fit a teacher on this data")
+    output_dir.mkdir(parents=True, exist_ok=True)
     if action == "emit":
         e = cfg["emit"]
         out = Path(e["output_dir"]) if e.get("output_dir") else output_dir / "signals"
@@ -173,11 +164,9 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
                             trainer_kwargs=_emit_trainer_kwargs(e))
         print(f"wrote teacher signals {path}")
         return 0
-    if action == "eval":
-        ev = cfg["eval"]
-        metrics = evaluate_teacher(module, datamodule, output_dir, splits=ev["splits"],
-                                   long_tail_threshold=ev["long_tail_threshold"], latency_users=ev["latency_users"])
-        shown = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if k.endswith("@10")}
-        print(f"teacher test: {shown}; wrote {output_dir / 'metrics.json'}")
-        return 0
-    raise ValueError(f"unknown teacher action {action!r}; use fit, emit or eval")
+    ev = cfg["eval"]
+    metrics = evaluate_teacher(module, datamodule, output_dir, splits=ev["splits"],
+                               long_tail_threshold=ev["long_tail_threshold"], latency_users=ev["latency_users"])
+    shown = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if k.endswith("@10")}
+    print(f"teacher test: {shown}; wrote {output_dir / 'metrics.json'}")
+    return 0

@@ -11,10 +11,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from recdistill.student.callbacks import RNGStateCheckpoint
-
+from recdistill.errors import CheckpointError
 from recdistill.teacher.hllm import copy_trainable_state, restore_trainable_state
 from recdistill.teacher.signals import atomic_write_json
+from recdistill.training import RNGStateCheckpoint
 
 
 class BestTrainableState(L.Callback):
@@ -60,7 +60,8 @@ def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, 
     fingerprint = getattr(datamodule, "fingerprint", None)
     current = getattr(module, "dataset_fingerprint", None)
     if current is not None and fingerprint is not None and current != fingerprint:
-        raise ValueError(f"teacher was configured for dataset fingerprint {current} but the data is {fingerprint}")
+        raise CheckpointError(f"teacher was configured for dataset fingerprint {current} but the data is "
+                              f"{fingerprint}: fit it on the data it was made for, or drop model.dataset_fingerprint")
     if fingerprint is not None:
         module.dataset_fingerprint = fingerprint
     best = BestTrainableState(monitor)
@@ -72,7 +73,8 @@ def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, 
     module.train()
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
+                    weights_only=True)  # a resume checkpoint never unpickles code
     finally:
         trainer.callbacks = [c for c in trainer.callbacks if c not in added]
     seconds = time.perf_counter() - start

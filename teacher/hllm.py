@@ -79,6 +79,10 @@ class HLLMTeacher(L.LightningModule):
             added to the item table (CoLLM, Zhang et al. 2023; A-LLMRec, Kim et al. KDD 2024).
         init_scale / learn_scale: cosine-logit temperature (learnable by default).
         dataset_fingerprint: recorded in checkpoints and signal caches (set by ``fit_teacher``).
+        trust_remote_code: let transformers run the base model's hub code; never saved in or read from a
+            checkpoint (pass it again to ``from_pretrained`` / ``load_teacher`` / ``--trust-remote-code``).
+        base_revision: hub revision (branch, tag or commit) of ``base_model``; checkpoints record the
+            resolved commit and reload exactly that.
     """
 
     _needs_tokenizer = False  # subclass hooks (see TextPromptTeacher)
@@ -120,6 +124,7 @@ class HLLMTeacher(L.LightningModule):
         mask_seen: bool = True,
         dataset_fingerprint: str | None = None,
         trust_remote_code: bool = False,
+        base_revision: str | None = None,
         tokenizer: Any = None,
         progress: bool = True,
     ) -> None:
@@ -143,7 +148,7 @@ class HLLMTeacher(L.LightningModule):
 
         need_tokenizer = (item_embeddings is None or self._needs_tokenizer) and tokenizer is None
         model, tok, ref = load_base_model(base_model, gguf_file=gguf_file, trust_remote_code=trust_remote_code,
-                                          load_tokenizer=need_tokenizer)
+                                          revision=base_revision, load_tokenizer=need_tokenizer)
         self.base_ref: BaseModelRef = ref
         tokenizer = tokenizer if tokenizer is not None else tok
         self._tokenizer = tokenizer  # kept for subclasses; never saved
@@ -319,6 +324,52 @@ class HLLMTeacher(L.LightningModule):
             logits[..., 0] = -math.inf
         return logits
 
+    # ------------------------------------------------------------------ scores as one dot product
+    # (the signal cache stores score_factors per example and score_item_factors per item; see
+    # recdistill.teacher.cache_format for the formula)
+    def score_factors(self, user: Tensor) -> Tensor:
+        """``[..., D]`` with ``score_factors(user) @ score_item_factors().T == score_items(user)`` on
+        items ``1..N``: ``[user_llm / |user_llm|, 1 (, cf_state)]``."""
+        llm = F.normalize(user[..., :self.item_dim], dim=-1)
+        parts = [llm, torch.ones_like(llm[..., :1])]
+        if hasattr(self, "collab_model"):
+            parts.append(user[..., self.item_dim:])
+        return torch.cat(parts, -1)
+
+    def score_item_factors(self, start: int = 0, stop: int | None = None) -> Tensor:
+        """``[stop - start, D]``: the item side of :meth:`score_factors` (scale, item bias, fusion
+        weight and the collaborative model's affine scoring folded in). Row 0 = padding."""
+        items = self.normalized_items()[start:stop]
+        bias = self.item_bias[start:stop] if self.hparams.item_bias else items.new_zeros(items.shape[0])
+        llm = self.logit_scale() * items
+        if not hasattr(self, "collab_model"):
+            return torch.cat([llm, bias.unsqueeze(-1)], -1)
+        cf_w, cf_b = collaborative_score_table(self.collab_model)
+        cf_w, cf_b = cf_w[start:stop].to(items), cf_b[start:stop].to(items)
+        if hasattr(self, "collab_weight"):  # joint: teacher + w * cf
+            a, c = torch.ones_like(self.collab_weight), self.collab_weight
+        else:  # ensemble: alpha * teacher + (1 - alpha) * cf
+            a, c = self.fusion_alpha, 1 - self.fusion_alpha
+        return torch.cat([a * llm, (a * bias + c * cf_b).unsqueeze(-1), c * cf_w], -1)
+
+    def score_blocks(self) -> list[dict[str, Any]]:
+        """Column blocks of :meth:`score_factors` (recorded in the signal cache's manifest)."""
+        d = self.item_dim
+        blocks = [{"name": "llm_cosine", "start": 0, "stop": d,
+                   "user": "user_llm / |user_llm|", "item": "w_llm * logit_scale * item / |item|"},
+                  {"name": "bias", "start": d, "stop": d + 1, "user": "1", "item": "w_llm * item_bias + w_cf * cf_bias"}]
+        if hasattr(self, "collab_model"):
+            d_cf = int(self.collab_model.hidden_size)
+            fusion = "joint" if hasattr(self, "collab_weight") else "ensemble"
+            w = float(self.collab_weight.detach()) if fusion == "joint" else 1 - float(self.fusion_alpha)
+            blocks.append({"name": "collaborative", "start": d + 1, "stop": d + 1 + d_cf, "user": "cf_state",
+                           "item": "w_cf * cf_weight", "fusion": fusion, "w_cf": w,
+                           "w_llm": 1.0 if fusion == "joint" else float(self.fusion_alpha),
+                           "model": type(self.collab_model).__name__})
+        else:
+            blocks[0]["w_llm"] = 1.0
+        return blocks
+
     def forward(self, input_ids: Tensor) -> Tensor:
         """Next-item logits ``[B, N + 1]`` at the last (predicting) position of left-padded input."""
         return self.score_items(self.encode(input_ids)["user"][:, -1])
@@ -392,7 +443,7 @@ class HLLMTeacher(L.LightningModule):
             self.log(f"test/{key}", value, sync_dist=True)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        from recdistill.teacher.signals import predict_signals
+        from recdistill.teacher.emit import predict_signals
 
         if self.emit_config is None:
             return {"scores": self(batch["input_ids"])}
@@ -455,8 +506,11 @@ class HLLMTeacher(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         missing = sorted(k for k in self.state_dict() if is_trained_key(k) and k not in checkpoint["state_dict"])
         if missing:
-            raise KeyError(f"teacher checkpoint lacks trained weights {missing[:5]} (of {len(missing)}): "
-                           f"it was written by a different teacher configuration")
+            from recdistill.errors import CheckpointError
+
+            raise CheckpointError(f"teacher checkpoint lacks trained weights {missing[:5]} (of {len(missing)}): "
+                                  f"it was written by a different teacher configuration or dataset; use another "
+                                  f"--output-dir or run without --resume")
 
     def init_args(self) -> dict[str, Any]:
         import inspect
@@ -469,6 +523,9 @@ class HLLMTeacher(L.LightningModule):
         accepted.discard("self")
         args = {k: v for k, v in dict(self.hparams).items() if k in accepted}  # drops LightningCLI's extras
         args.pop("progress", None)
+        args.pop("trust_remote_code", None)  # a loader option that runs code is never stored in a checkpoint
+        if self.base_ref.kind == "hub":
+            args["base_revision"] = self.base_ref.revision
         args["dataset_fingerprint"] = self.dataset_fingerprint
         args["collaborative_embeddings"] = self.collaborative_source
         args["collaborative_model"] = self.collaborative_model_source
@@ -487,6 +544,7 @@ class HLLMTeacher(L.LightningModule):
             "collab_model": ({"name": self.collab_model.registry_name, "init_args": self.collab_model.init_args}
                              if hasattr(self, "collab_model") else None),
             "base_model": self.base_ref.to_dict(),
+            "base_model_needs_remote_code": bool(self.hparams.get("trust_remote_code", False)),  # informational only
             "dataset_fingerprint": self.dataset_fingerprint,
             "trained_state_sha256": self.trained_state_hash(),
         }
@@ -498,45 +556,53 @@ class HLLMTeacher(L.LightningModule):
         return Path(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, check_base: bool = True, **overrides: Any) -> "HLLMTeacher":
-        """Rebuild a teacher saved by :meth:`save_pretrained`, reloading the base from its source."""
+    def from_pretrained(cls, directory: str | Path, *, check_base: bool = True, trust_remote_code: bool = False,
+                        **overrides: Any) -> "HLLMTeacher":
+        """Rebuild a teacher saved by :meth:`save_pretrained`, reloading the base from its source.
+
+        ``teacher.json`` is untrusted input (see :mod:`recdistill.teacher.checkpoint`): code-executing
+        loader options come only from ``trust_remote_code`` here, file paths in it are not followed, a hub
+        base is reloaded at the recorded commit, and the base weights and the trained weights are checked
+        against their recorded sha256 (a check that cannot be made raises ``BaseModelCheckWarning``).
+        """
         from peft import set_peft_model_state_dict
 
-        directory = Path(directory)
-        meta_path = directory / "teacher.json"
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{directory} is not a teacher checkpoint (no teacher.json)")
-        meta = json.loads(meta_path.read_text())
-        args = dict(meta["init_args"])
-        args.update(overrides)
-        args["progress"] = False
-        num_items = int(args["num_items"])
-        if meta.get("collab_dim"):  # the frozen CF table is restored from head.safetensors
-            args["collaborative_embeddings"] = torch.zeros(num_items + 1, int(meta["collab_dim"]))
-        if meta.get("collab_model"):  # rebuilt from its spec; weights come from head.safetensors
-            from recdistill.student import build_student
+        from recdistill.errors import CheckpointError
+        from recdistill.teacher.checkpoint import (
+            check_base_model, check_trained_state, constructor_args, read_teacher_json,
+        )
 
-            spec = meta["collab_model"]
-            args["collaborative_model"] = build_student(spec["name"], **spec["init_args"])
+        directory = Path(directory)
+        meta = read_teacher_json(directory)
+        args = constructor_args(cls, meta, directory, overrides)
+        args["trust_remote_code"] = bool(trust_remote_code)
+        num_items = int(args["num_items"])
+        for name in ("adapter_model.safetensors", "head.safetensors"):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"teacher checkpoint {directory} lacks {name}; re-run `recdistill teacher fit`")
         module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
-        module.collaborative_source = meta["init_args"].get("collaborative_embeddings")
+        module.collaborative_source = meta["init_args"].get("collaborative_embeddings")  # informational only
         module.collaborative_model_source = meta["init_args"].get("collaborative_model")
-        saved_ref = BaseModelRef.from_dict(meta["base_model"])
-        if check_base and saved_ref.weights_sha256 and module.base_ref.weights_sha256 != saved_ref.weights_sha256:
-            raise ValueError(
-                f"base model {saved_ref.source!r} changed since the teacher was trained: weights sha256 "
-                f"{module.base_ref.weights_sha256} != recorded {saved_ref.weights_sha256}"
-            )
-        adapter = load_file(str(directory / "adapter_model.safetensors"))
+        check_base_model(BaseModelRef.from_dict(meta["base_model"]), module.base_ref, directory, check=check_base)
+        try:
+            adapter = load_file(str(directory / "adapter_model.safetensors"))
+            head = load_file(str(directory / "head.safetensors"))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
+            raise CheckpointError(f"cannot read the weights in {directory}: {exc}") from None
         result = set_peft_model_state_dict(module.backbone, adapter)
         unexpected = list(getattr(result, "unexpected_keys", []) or [])
         if unexpected:
-            raise ValueError(f"adapter in {directory} has unexpected keys: {unexpected[:5]}")
-        head = load_file(str(directory / "head.safetensors"))
-        missing, unexpected = module.load_state_dict(head, strict=False)
+            raise CheckpointError(f"adapter in {directory} has unexpected keys: {unexpected[:5]}")
+        try:
+            missing, unexpected = module.load_state_dict(head, strict=False)
+        except RuntimeError as exc:  # shape mismatch
+            raise CheckpointError(f"head weights in {directory / 'head.safetensors'} do not fit teacher.json: "
+                                  f"{str(exc).splitlines()[-1].strip()}") from None
         missing = [k for k in missing if not k.startswith("backbone.")]
         if missing or unexpected:
-            raise ValueError(f"head weights in {directory} do not match: missing {missing}, unexpected {unexpected}")
+            raise CheckpointError(f"head weights in {directory} do not match: missing {missing}, "
+                                  f"unexpected {unexpected}")
+        check_trained_state(module, meta, directory)
         module.dataset_fingerprint = meta.get("dataset_fingerprint")
         module.eval()
         return module
@@ -588,6 +654,25 @@ def mix_logits(teacher: Tensor, collaborative: Tensor, alpha: float | Tensor, pa
         mixed = mixed.clone()
         mixed[..., 0] = -math.inf
     return mixed
+
+
+@torch.no_grad()
+def collaborative_score_table(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """``(W [N + 1, d], b [N + 1])`` with ``model.score(h) == h @ W.T + b`` for a student whose
+    ``score`` is affine in its state (SASRec/GRU4Rec: the item table, no bias; Caser: its output
+    layer). Read off by probing ``score`` and checked on a random state; ValueError otherwise."""
+    d = int(model.hidden_size)
+    param = next(model.parameters())
+    eye = torch.eye(d, dtype=param.dtype, device=param.device)
+    zero = torch.zeros(1, d, dtype=param.dtype, device=param.device)
+    b = model.score(zero)[0]
+    w = (model.score(eye) - b).t()
+    probe = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(param)
+    want, got = model.score(probe), probe @ w.t() + b
+    if not torch.allclose(got, want, atol=1e-4 * (1 + float(want.abs().max())), rtol=1e-4):
+        raise ValueError(f"{type(model).__name__}.score is not affine in its state: the signal cache cannot "
+                         f"store this hybrid teacher's scores as a dot product")
+    return w.contiguous(), b.contiguous()
 
 
 def load_collaborative_model(source: Any, num_items: int) -> nn.Module:
@@ -646,16 +731,14 @@ def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
     return torch.cat([torch.zeros(1, table.shape[1]), body], 0)
 
 
-def load_teacher(directory: str | Path, **overrides: Any) -> L.LightningModule:
-    """Load any teacher checkpoint by the class recorded in its ``teacher.json``."""
-    import importlib
+def load_teacher(directory: str | Path, *, trust_remote_code: bool = False, **overrides: Any) -> L.LightningModule:
+    """Load any teacher checkpoint by the class recorded in its ``teacher.json``, which must be a registered
+    teacher class (``recdistill.teacher.checkpoint.TEACHER_CLASSES``); ``trust_remote_code`` only from here."""
+    from recdistill.teacher.checkpoint import read_teacher_json, teacher_class
 
-    meta = json.loads((Path(directory) / "teacher.json").read_text())
-    module_name, _, cls_name = meta["class"].rpartition(".")
-    if not module_name.startswith("recdistill.teacher."):
-        raise ValueError(f"refusing to import teacher class {meta['class']!r} from outside recdistill.teacher")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_pretrained(directory, **overrides)
+    meta = read_teacher_json(directory)
+    cls = teacher_class(meta, directory)
+    return cls.from_pretrained(directory, trust_remote_code=trust_remote_code, **overrides)
 
 
 def is_trained_key(name: str) -> bool:

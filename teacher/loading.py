@@ -7,12 +7,19 @@ back by ``save_pretrained`` anyway.
 
 ``trust_remote_code`` is off unless asked for; nothing is downloaded when ``local_files_only``
 (the default for anything that is not a hub id).
+
+Pinning and verification, for every kind of source: a hub model is loaded at ``revision`` (a
+checkpoint records the resolved commit and passes it back), and ``weights_sha256`` is computed
+from the files that were loaded (the GGUF file, or the config + weight files of the local folder or
+of the hub snapshot in the Hugging Face cache). When it cannot be computed, a
+:class:`~recdistill.teacher.checkpoint.BaseModelCheckWarning` says so and the ref records ``None``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,6 +89,19 @@ def _folder_weights_sha256(folder: Path) -> str | None:
     return digest.hexdigest()
 
 
+def _hub_snapshot(repo_id: str, revision: str | None, gguf_file: str | None) -> Path | None:
+    """The local snapshot folder of a hub model in the Hugging Face cache (``None`` if not found)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return None
+    try:
+        found = try_to_load_from_cache(repo_id, gguf_file or "config.json", revision=revision)
+    except Exception:  # noqa: BLE001 - an odd repo id or cache layout: report "could not verify" instead
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
 def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, Path | str, str | None]:
     """Return ``(kind, folder_or_hub_id, gguf_file_name)`` for a model source."""
     if source in ASSET_MODELS:
@@ -118,6 +138,7 @@ def load_base_model(
     local_files_only: bool | None = None,
     attn_implementation: str | None = None,
     load_tokenizer: bool = True,
+    revision: str | None = None,
 ) -> tuple[nn.Module, Any, BaseModelRef]:
     """Load a causal LM and its tokenizer; returns ``(model, tokenizer, ref)``.
 
@@ -125,6 +146,8 @@ def load_base_model(
     ``gguf_file`` naming a GGUF inside it, optionally) or a hub id. GGUF weights are
     de-quantized to ``dtype`` by transformers. ``num_layers`` keeps only the first n decoder
     layers (see :func:`truncate_layers`). The tokenizer is ``None`` when the folder has none.
+    ``revision`` (hub ids only: branch, tag or commit) pins the hub snapshot; ``ref.revision`` is the
+    resolved commit either way.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -134,6 +157,8 @@ def load_base_model(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "local_files_only": local_files_only}
     if gguf is not None:
         kwargs["gguf_file"] = gguf
+    if kind == "hub" and revision:
+        kwargs["revision"] = revision
     model_kwargs = dict(kwargs, dtype=dtype)
     if attn_implementation is not None:
         model_kwargs["attn_implementation"] = attn_implementation
@@ -146,18 +171,29 @@ def load_base_model(
         except (OSError, ValueError, TypeError, KeyError):
             tokenizer = None
     cfg = model.config
+    resolved_revision = (getattr(cfg, "_commit_hash", None) or revision) if kind == "hub" else None
     weights_sha = None
-    if gguf is not None:
+    if kind == "hub":
+        snapshot = _hub_snapshot(str(where), resolved_revision, gguf)
+        if snapshot is not None:
+            where = snapshot
+            weights_sha = sha256_file(snapshot / gguf) if gguf is not None else _folder_weights_sha256(snapshot)
+    elif gguf is not None:
         weights_sha = sha256_file(Path(where) / gguf)
-    elif kind == "folder":
+    else:
         weights_sha = _folder_weights_sha256(Path(where))
+    if weights_sha is None:
+        from recdistill.teacher.checkpoint import BaseModelCheckWarning
+
+        warnings.warn(f"could not compute the weights sha256 of base model {source!r} ({where}): its weights "
+                      f"cannot be verified when a teacher is reloaded", BaseModelCheckWarning, stacklevel=2)
     ref = BaseModelRef(
         source=source,
         kind=kind,
         path=str(where),
         gguf_file=gguf,
         weights_sha256=weights_sha,
-        revision=getattr(cfg, "_commit_hash", None) if kind == "hub" else None,
+        revision=resolved_revision,
         model_type=str(getattr(cfg, "model_type", "")),
         hidden_size=int(getattr(cfg, "hidden_size", 0)),
         num_hidden_layers=int(getattr(cfg, "num_hidden_layers", 0)),
