@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench bench-teacher clean
+.PHONY: setup quickstart test bench bench-teacher bench-distill clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 # The LLM teacher over seeds + ablations (reuses the student runs above when they exist).
 bench-teacher: $(STAMP)
 	$(BIN)/recdistill bench teacher --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
+
+# Vanilla vs distilled students from one teacher cache (reuses the runs above when they exist).
+bench-distill: $(STAMP)
+	$(BIN)/recdistill bench distill --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,11 +4,21 @@
     recdistill data info movielens-100k [--json]
     recdistill student fit --config recipes/ml100k_sasrec.yaml --output-dir DIR [--trainer.max_epochs 3 ...]
     recdistill teacher fit|emit|eval --config recipes/quickstart_teacher.yaml --output-dir DIR
+    recdistill distill fit --config recipes/ml100k_sasrec_dllm2rec.yaml --output-dir DIR
+    recdistill compress --student DIR --config recipes/compress_sasrec.yaml --output-dir OUT
+    recdistill export --student DIR --output OUT.onnx [--serving --k 10]
+    recdistill profile --onnx FILE | --student DIR [--batch-sizes 1 256] [--threads 1 2]
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
     recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--update-readme README.md]
+    recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill quickstart [--output-dir runs/quickstart]
 
 Recipe overrides after the known options are passed to LightningCLI (``--section.key value``).
+
+Expected failures (missing or unreadable data, a bad column map, an unknown recipe key or a wrong
+type, a cache built with other settings, a missing asset or config file, a checkpoint from another
+dataset) print one line ``recdistill: error: ...`` on stderr and exit with status 2; ``--debug``
+(or ``RECDISTILL_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
+
+from recdistill.errors import ConfigError, debug_enabled, user_message
 
 
 def _fetch(args: argparse.Namespace, rest: list[str]) -> int:
@@ -33,7 +45,16 @@ def _fetch(args: argparse.Namespace, rest: list[str]) -> int:
 def _data_info(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.data import data_info
 
-    column_map = json.loads(args.column_map) if args.column_map else None
+    column_map = None
+    if args.column_map:
+        try:
+            column_map = json.loads(args.column_map)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--column-map is not valid JSON ({exc.msg} at character {exc.pos}); "
+                              f"""write it like '{{"user": "uid", "item": "iid", "timestamp": "ts"}}'""") from None
+        if not isinstance(column_map, dict) or not all(isinstance(v, str) for v in column_map.values()):
+            raise ConfigError('--column-map must be a JSON object of column names, e.g. '
+                              '\'{"user": "uid", "item": "iid", "timestamp": "ts"}\'')
     info = data_info(args.source, format=args.format, column_map=column_map)
     if args.json:
         print(json.dumps(info, indent=2, default=str))
@@ -54,13 +75,32 @@ def _student_fit(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _distill_fit(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.distill.fit import fit_distilled
+
+    metrics = fit_distilled(args.config, args.output_dir, rest, resume=args.resume)
+    test = metrics["test"]
+    shown = {k: round(v, 4) for k, v in test.items() if k in ("ndcg@10", "hr@10", "cold/ndcg@10", "rare/ndcg@10")}
+    terms = ", ".join(f"{t['name']}×{t.get('weight', 1.0)}" for t in metrics["distill"]["terms"]) or "no terms"
+    print(f"test ({metrics['student']} distilled with {terms}; best epoch {metrics['best_epoch']}): {shown}")
+    print(f"wrote {args.output_dir}/metrics.json")
+    return 0
+
+
 def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.teacher.cli import run_teacher_command
 
-    return run_teacher_command(args.action, args.config, args.output_dir, rest, resume=args.resume)
+    return run_teacher_command(args.action, args.config, args.output_dir, rest, resume=args.resume,
+                               trust_remote_code=args.trust_remote_code)
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.suite == "distill":
+        from recdistill.benchmarks.distill import run_distill_benchmark
+
+        run_distill_benchmark(args.output_dir, seeds=args.seeds, variants=args.variants, control=not args.no_control,
+                              overrides=rest, readme=args.update_readme)
+        return 0
     if args.suite == "teacher":
         from recdistill.benchmarks.teacher import run_teacher_benchmark
 
@@ -81,8 +121,17 @@ def _quickstart(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one-line :class:`~recdistill.errors.ConfigError` s (printed by :func:`main`)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recdistill", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="recdistill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of a failure (also: RECDISTILL_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     fetch = commands.add_parser("fetch", help="fetch and verify an offline asset into the cache")
@@ -104,23 +153,43 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
     fit.set_defaults(handler=_student_fit)
 
+    distill = commands.add_parser("distill", help="train students from the teacher's cached signals")
+    distill_fit = distill.add_subparsers(dest="action", required=True).add_parser(
+        "fit", help="train a student with distillation terms from a recipe; writes metrics.json")
+    distill_fit.add_argument("--config", required=True, help="recipe file or packaged recipe name")
+    distill_fit.add_argument("--output-dir", required=True)
+    distill_fit.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoints/last.ckpt")
+    distill_fit.set_defaults(handler=_distill_fit)
+
     teacher = commands.add_parser("teacher", help="fine-tune, emit and evaluate the LLM teacher")
     teacher.add_argument("action", choices=["fit", "emit", "eval"])
     teacher.add_argument("--config", required=True)
     teacher.add_argument("--output-dir", required=True)
     teacher.add_argument("--resume", action="store_true",
                          help="fit: continue from OUTPUT_DIR/checkpoints/last.ckpt (trained weights only)")
+    teacher.add_argument("--trust-remote-code", action="store_true",
+                         help="emit/eval: allow the base model's hub code to run when the teacher is loaded "
+                              "(never taken from the checkpoint; fit takes model.trust_remote_code from the recipe)")
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
-    bench.add_argument("suite", choices=["students", "teacher"])
+    bench.add_argument("suite", choices=["students", "teacher", "distill"])
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
     bench.add_argument("--no-ablations", action="store_true", help="teacher: skip the seed-0 ablations")
+    bench.add_argument("--variants", nargs="*", default=None, help="distill: the variants to run (default: all)")
+    bench.add_argument("--no-control", action="store_true",
+                       help="distill: skip the control teacher (random-init LLM layers)")
     bench.add_argument("--update-readme", metavar="README", default=None,
                        help="also replace the results table between the bench markers of this README")
     bench.set_defaults(handler=_bench)
+
+    from recdistill.compress.cli import add_compress_commands
+    from recdistill.export.cli import add_export_commands
+
+    add_compress_commands(commands)
+    add_export_commands(commands)
 
     quick = commands.add_parser("quickstart", help="the quickstart recipe end to end on MovieLens-100K + SmolLM2")
     quick.add_argument("--output-dir", default="runs/quickstart")
@@ -129,13 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, rest = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
-    takes_overrides = args.command in ("student", "teacher", "bench", "quickstart")
-    if rest and not takes_overrides:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    return handler(args, rest)
+    """Run the command; returns the exit status (2 and one line on stderr for an expected failure)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_enabled() or "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]  # accepted anywhere on the line
+    try:
+        parser = build_parser()
+        args, rest = parser.parse_known_args(argv)
+        handler: Callable[[argparse.Namespace, list[str]], int] = args.handler
+        takes_overrides = args.command in ("student", "teacher", "distill", "bench", "quickstart")
+        if rest and not takes_overrides:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return handler(args, rest)
+    except Exception as exc:  # noqa: BLE001 - classified below; anything unexpected is re-raised
+        message = user_message(exc)
+        if message is None or debug:
+            raise
+        print(f"recdistill: error: {message}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    except SystemExit as exc:  # a library's own usage error (argparse/jsonargparse): already printed
+        if debug or exc.code in (0, None):
+            raise
+        return exc.code if isinstance(exc.code, int) else 2
 
 
 if __name__ == "__main__":

@@ -9,22 +9,20 @@ Model selection uses validation only; test is evaluated once, with the best chec
 from __future__ import annotations
 
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from jsonargparse import lazy_instance
-from lightning.pytorch.loggers import CSVLogger
 
 from recdistill.atomic import write_json, write_text
 from recdistill.data import CTRDataModule, SequentialDataModule
+from recdistill.errors import ConfigError
 from recdistill.recipes import recipe_path
-from recdistill.student.callbacks import RNGStateCheckpoint
 from recdistill.student.io import save_student
 from recdistill.student.tasks import CTRRecommender, SequentialRecommender
+from recdistill.training import RNGStateCheckpoint, build_lightning_cli, check_resume_checkpoint
 
 _MONITOR = {"sequential": ("valid/ndcg@10", "max"), "ctr": ("valid/auc", "max")}
 
@@ -60,32 +58,28 @@ def student_task(config: dict[str, Any]) -> str:
 
 
 def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str] | None = None,
-                resume: bool = False) -> dict[str, Any]:
-    """Train, select on validation, test once, save. Returns the metrics written to metrics.json."""
-    import yaml
+                resume: bool = False, model_class: type | None = None) -> dict[str, Any]:
+    """Train, select on validation, test once, save. Returns the metrics written to metrics.json.
 
+    ``model_class`` replaces the task's Lightning module (e.g. the distillation module, which is a
+    subclass); a module with ``plain_student()`` saves what that returns instead of ``model.student``."""
     config_file = recipe_path(str(config))
-    raw = yaml.safe_load(config_file.read_text()) or {}
+    raw = read_recipe(config_file)
     task = student_task(raw)
     monitor, mode = _MONITOR[task]
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    cli_class = _CTRCLI if task == "ctr" else _StudentCLI
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    cli = cli_class(
-        model_class=CTRRecommender if task == "ctr" else SequentialRecommender,
+    cli = build_lightning_cli(
+        _CTRCLI if task == "ctr" else _StudentCLI,
+        model_class=model_class or (CTRRecommender if task == "ctr" else SequentialRecommender),
         datamodule_class=CTRDataModule if task == "ctr" else SequentialDataModule,
-        args=["--config", str(config_file), *(overrides or [])],
-        run=False,
-        save_config_callback=None,
-        seed_everything_default=0,
-        trainer_defaults={
-            "default_root_dir": str(output_dir),
-            "deterministic": True,
-            "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),
-        },
+        config=config_file, overrides=list(overrides or []), output_dir=output_dir,
+        trainer_defaults={"deterministic": True},
     )
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if resume and last.exists():
+        check_resume_checkpoint(last, model)
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the recipe and the data are known to be good
     patience = cli.config["early_stopping_patience"]
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", monitor=monitor, mode=mode,
                                  save_last=True, filename="best")
@@ -96,9 +90,9 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
         trainer.callbacks.append(RichProgressBar())
     write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
 
-    last = output_dir / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
+                weights_only=True)  # a resume checkpoint never unpickles code
     train_seconds = time.perf_counter() - started
 
     best_path = checkpoint.best_model_path
@@ -124,13 +118,32 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
         "dataset_fingerprint": getattr(datamodule, "fingerprint", None),
         "threads": torch.get_num_threads(),
     }
-    save_student(model.student, output_dir / "student")
+    plain = getattr(model, "plain_student", None)
+    save_student(plain() if plain else model.student, output_dir / "student")
     write_json(output_dir / "metrics.json", metrics)
     return metrics
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """The recipe as a mapping; a YAML syntax error or a non-mapping names the file."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read recipe {path}: {exc}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"recipe {path} must be a mapping of sections (data, model, trainer, ...), "
+                          f"got a {type(raw).__name__}")
+    return raw
 
 
 def _strip(values: dict[str, float], prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: float(v) for k, v in values.items() if k.startswith(prefix)}
 
 
-__all__ = ["fit_student", "student_task"]
+__all__ = ["fit_student", "read_recipe", "student_task"]

@@ -1,0 +1,247 @@
+"""``run_compress``: the configured compression steps on one saved student, each artefact gated.
+
+Config (``recipes/compress_sasrec.yaml`` documents every key): ``data`` (data module arguments
++ ``eval_split``, ``calibration_split``, ``calibration_batches``, ``max_eval_batches``), ``gate``
+(``GateThresholds``), ``latency`` (``batch_size``, ``runs``, ``threads``) and ``steps``, any of
+``prune``, ``recover``, ``torch_int8``, ``onnx`` and ``pq``; a missing step is not run.
+
+Output folder::
+
+    OUT/compress.json          # config, every variant's gate record, the item-table choice
+    OUT/pruned/                # plain student folders (load_student)
+    OUT/pruned_recovered/
+    OUT/pq/                    # PQ student (load_pq_student)
+    OUT/onnx/*.onnx            # fp32 parent, int8 dynamic/static, fp16, item-table int8, pruned+int8
+    OUT/onnx/*.quant.json      # quantization config next to each quantized artefact
+
+References: PyTorch variants are gated against the fp32 parent in PyTorch, ONNX variants against
+the fp32 parent's ONNX file (same runtime), and the fp32 ONNX file against PyTorch. The PyTorch
+dynamic-int8 variant is measured in memory (its size is its serialized state dict; no file is
+written, since its packed weights only reload through pickle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from recdistill.atomic import write_json
+from recdistill.compress import gate as G
+from recdistill.compress.onnx_quant import (
+    convert_fp16, quantize_dynamic_onnx, quantize_static_onnx, unfold_int8_item_table,
+)
+from recdistill.compress.pq import pq_compress, save_pq_student
+from recdistill.compress.prune import count_params, prune_student
+from recdistill.compress.quantize import dynamic_int8, quantize_item_table, state_bytes
+from recdistill.compress.recover import recover
+
+_DATA_KEYS = ("eval_split", "calibration_split", "calibration_batches", "max_eval_batches")
+STEPS = ("prune", "recover", "torch_int8", "onnx", "pq")
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _datamodule(parent: nn.Module, data: Mapping[str, Any]):
+    from recdistill.data.datamodules import CTRDataModule, SequentialDataModule
+
+    kwargs = {k: v for k, v in data.items() if k not in _DATA_KEYS}
+    if getattr(parent, "objective", None) == "ctr":
+        return CTRDataModule(**kwargs)
+    dm = SequentialDataModule(**kwargs)
+    if dm.num_items != parent.num_items:
+        raise ValueError(f"the data has {dm.num_items} items but the student was built for {parent.num_items}: "
+                         "wrong dataset for this student")
+    return dm
+
+
+class _Run:
+    def __init__(self, parent: nn.Module, dm: Any, config: Mapping[str, Any], out: Path) -> None:
+        data = config.get("data", {})
+        self.parent, self.dm, self.out = parent, dm, out
+        self.thresholds = G.GateThresholds.from_dict(config.get("gate"))
+        lat = config.get("latency", {})
+        self.lat_batch, self.lat_runs, self.threads = int(lat.get("batch_size", 1)), int(lat.get("runs", 30)), \
+            int(lat.get("threads", 1))
+        batches = list(dm.dataloader(data.get("eval_split", "test")))
+        limit = data.get("max_eval_batches")
+        self.eval_batches = batches[:limit] if limit else batches
+        self.calibration = list(dm.dataloader(data.get("calibration_split", "valid")))[
+            : int(data.get("calibration_batches", 4))]
+        first = self.eval_batches[0]
+        self.lat_batch_dict = {k: v[: self.lat_batch] for k, v in first.items()}
+        self.records: list[dict[str, Any]] = []
+        with _threads(self.threads):
+            self.parent_eval = G.evaluate(G.torch_scorer(parent), self.eval_batches)
+            self.parent_latency = self.torch_latency(parent)
+        self.parent_bytes = state_bytes(parent)
+        self.parent_params = count_params(parent)
+        self.onnx_parent: dict[str, Any] | None = None
+
+    def torch_latency(self, model: nn.Module) -> float:
+        scorer = G.torch_scorer(model)
+        with _threads(self.threads):
+            return G.median_latency_ms(lambda: scorer(self.lat_batch_dict), runs=self.lat_runs)
+
+    def gate_torch(self, name: str, model: nn.Module, size: int | None, extra: dict | None = None) -> dict:
+        with _threads(self.threads):
+            result = G.evaluate(G.torch_scorer(model), self.eval_batches)
+        record = G.gate_variant(name, self.parent_eval, result, self.thresholds, size_bytes=size,
+                                parent_size_bytes=self.parent_bytes, params=count_params(model),
+                                parent_params=self.parent_params, latency_ms=self.torch_latency(model),
+                                parent_latency_ms=self.parent_latency, extra={"runtime": "torch", **(extra or {})})
+        self.records.append(record)
+        return record
+
+    def onnx_eval(self, path: Path) -> tuple[dict, float]:
+        scorer, _ = G.onnx_scorer(path, self.threads)
+        result = G.evaluate(scorer, self.eval_batches)
+        return result, G.median_latency_ms(lambda: scorer(self.lat_batch_dict), runs=self.lat_runs)
+
+    def export(self, model: nn.Module, path: Path) -> Path:
+        from recdistill.export import export_onnx
+
+        export_onnx(model, path)
+        return path
+
+    def gate_onnx(self, name: str, path: Path, extra: dict | None = None) -> dict:
+        result, latency = self.onnx_eval(path)
+        ref = self.onnx_parent
+        record = G.gate_variant(name, ref["eval"], result, self.thresholds, size_bytes=path.stat().st_size,
+                                parent_size_bytes=ref["bytes"], latency_ms=latency, parent_latency_ms=ref["latency"],
+                                extra={"runtime": "onnxruntime", "file": str(path.relative_to(self.out)),
+                                       "reference": "fp32 parent ONNX", **(extra or {})})
+        self.records.append(record)
+        return record
+
+    def ensure_onnx_parent(self) -> dict[str, Any]:
+        if self.onnx_parent is None:
+            path = self.export(self.parent, self.out / "onnx" / "fp32.onnx")
+            result, latency = self.onnx_eval(path)
+            self.onnx_parent = {"path": path, "eval": result, "latency": latency, "bytes": path.stat().st_size}
+            record = G.gate_variant("onnx_fp32", self.parent_eval, result, self.thresholds,
+                                    size_bytes=path.stat().st_size, parent_size_bytes=self.parent_bytes,
+                                    latency_ms=latency, parent_latency_ms=self.parent_latency,
+                                    extra={"runtime": "onnxruntime", "file": "onnx/fp32.onnx",
+                                           "reference": "fp32 parent in PyTorch"})
+            self.records.append(record)
+        return self.onnx_parent
+
+    def feeds(self, path: Path) -> list[dict]:
+        scorer, _ = G.onnx_scorer(path, self.threads)
+        return [scorer.feed(b) for b in self.calibration]
+
+
+def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir: str | Path) -> dict[str, Any]:
+    """Run the configured steps on the student in ``student_dir``; writes and returns ``compress.json``."""
+    from recdistill.student.io import load_student, save_student
+
+    steps = dict(config.get("steps") or {})
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        raise ValueError(f"unknown compress step(s) {sorted(unknown)}; known: {list(STEPS)}")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    parent = load_student(student_dir)
+    ctr = getattr(parent, "objective", None) == "ctr"
+    run = _Run(parent, _datamodule(parent, config.get("data", {})), config, out)
+    notes: dict[str, str] = {}
+    summary: dict[str, Any] = {"student": parent.registry_name, "source": str(student_dir), "config": dict(config),
+                               "parent": {"params": run.parent_params, "state_bytes": run.parent_bytes,
+                                          "latency_p50_ms": run.parent_latency,
+                                          **{k: v for k, v in run.parent_eval.items() if k != "scores"}}}
+
+    pruned = None
+    if "prune" in steps:
+        cfg = steps["prune"] or {}
+        pruned, report = prune_student(parent, float(cfg.get("ratio", 0.5)),
+                                       attention=cfg.get("attention", "head_dims"),
+                                       prune_hidden=bool(cfg.get("prune_hidden", True)))
+        save_student(pruned, out / "pruned")
+        run.gate_torch("pruned", pruned, (out / "pruned" / "model.safetensors").stat().st_size,
+                       {"dir": "pruned", "prune": report.to_dict()})
+    if "recover" in steps:
+        cfg = dict(steps["recover"] or {})
+        if pruned is None:
+            notes["recover"] = "skipped: needs the prune step"
+        elif ctr:
+            notes["recover"] = "skipped: recovery fine-tuning is implemented for sequential students only"
+        else:
+            history = recover(pruned, parent, run.dm.train_dataloader(), **cfg)
+            save_student(pruned, out / "pruned_recovered")
+            run.gate_torch("pruned_recovered", pruned,
+                           (out / "pruned_recovered" / "model.safetensors").stat().st_size,
+                           {"dir": "pruned_recovered", "recover": history})
+    if "torch_int8" in steps:
+        q = dynamic_int8(parent)
+        run.gate_torch("torch_dynamic_int8", q, state_bytes(q), {"file": None, "size_is": "serialized state dict"})
+    if "onnx" in steps:
+        cfg = steps["onnx"] or {}
+        run.ensure_onnx_parent()
+        src = run.onnx_parent["path"]
+        onnx_dir = out / "onnx"
+        if cfg.get("dynamic_int8", True):
+            c = quantize_dynamic_onnx(src, onnx_dir / "int8_dynamic.onnx",
+                                      per_channel=bool(cfg.get("per_channel", False)))
+            run.gate_onnx("onnx_int8_dynamic", onnx_dir / "int8_dynamic.onnx", {"quantization": c})
+        if cfg.get("static_int8", True):
+            c = quantize_static_onnx(src, onnx_dir / "int8_static.onnx", run.feeds(src),
+                                     per_channel=bool(cfg.get("per_channel", True)))
+            run.gate_onnx("onnx_int8_static", onnx_dir / "int8_static.onnx", {"quantization": c})
+        if cfg.get("fp16", True):
+            c = convert_fp16(src, onnx_dir / "fp16.onnx")
+            run.gate_onnx("onnx_fp16", onnx_dir / "fp16.onnx", {"quantization": c})
+        table = [] if ctr and not hasattr(parent, "item_embedding") else list(cfg.get("item_table", []))
+        candidates = []
+        for scheme in table:
+            name = f"onnx_int8_item_table_{scheme}"
+            if scheme == "per_tensor":  # ORT's Gather quantization: one scale for the whole table
+                c = quantize_dynamic_onnx(src, onnx_dir / f"{name}.onnx", operators=("MatMul", "Gemm", "Gather"))
+            elif scheme == "per_row":
+                tmp = run.export(quantize_item_table(parent, "per_row"), onnx_dir / "item_table_per_row_fp32.onnx")
+                unfolded = onnx_dir / "item_table_per_row_unfolded.onnx"
+                score_nodes = unfold_int8_item_table(tmp, unfolded)
+                c = quantize_dynamic_onnx(unfolded, onnx_dir / f"{name}.onnx", nodes_to_exclude=score_nodes)
+                c["item_table"] = ("per-row int8 QuantizedEmbedding (compress/quantize.py); scoring reads the "
+                                   "same int8 table, dequantized per row in the graph")
+            else:
+                raise ValueError(f"item_table scheme must be per_tensor or per_row, got {scheme!r}")
+            candidates.append(run.gate_onnx(name, onnx_dir / f"{name}.onnx", {"quantization": c}))
+        if candidates:
+            summary["item_table_choice"] = G.pick_best(candidates)
+        if pruned is not None and cfg.get("pruned_int8", True):
+            fp32 = run.export(pruned, onnx_dir / "pruned_fp32.onnx")
+            c = quantize_dynamic_onnx(fp32, onnx_dir / "pruned_int8.onnx")
+            run.gate_onnx("onnx_pruned_int8", onnx_dir / "pruned_int8.onnx",
+                          {"quantization": c, "from": "pruned_recovered" if "recover" in steps and not ctr
+                           else "pruned"})
+    if "pq" in steps:
+        cfg = dict(steps["pq"] or {})
+        if not isinstance(getattr(parent, "item_embedding", None), nn.Embedding):
+            notes["pq"] = f"skipped: {parent.registry_name} has no item table"
+        else:
+            epochs = int(cfg.pop("recover_epochs", 0))
+            recover_cfg = dict(cfg.pop("recover", {}) or {})
+            model, info = pq_compress(parent, **cfg)
+            if epochs and not ctr:
+                info["recover"] = recover(model, parent, run.dm.train_dataloader(), epochs=epochs, **recover_cfg)
+            save_pq_student(model, out / "pq", info)
+            run.gate_torch("pq_item_table", model, (out / "pq" / "model.safetensors").stat().st_size,
+                           {"dir": "pq", "pq": info})
+    summary["variants"] = run.records
+    summary["notes"] = notes
+    summary["passed"] = {r["name"]: r["passed"] for r in run.records}
+    write_json(out / "compress.json", summary)
+    return summary

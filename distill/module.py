@@ -1,0 +1,228 @@
+"""Train a sequential student with its own task loss plus weighted distillation terms.
+
+``DistilledSequentialRecommender`` is a :class:`~recdistill.student.tasks.SequentialRecommender`
+(same evaluation, model selection and optimiser) whose training step adds, to the student's own
+loss, the recipe's named terms computed against the teacher's cached signals::
+
+    L = L_task + Σ_i w_i · L_i(student, teacher)
+
+The teacher is never loaded: every teacher tensor is read from the signal cache by the example
+ids of the batch (``batch["example_ids"]``, one per supervised position). Positions the cache does
+not cover (``train_every > 1``) are left out of the distillation terms, which average over the
+covered positions only; the coverage of each batch is logged as ``distill/coverage``.
+
+Item-table options (DLLM2Rec / LLMEmb, need the cache's ``item_embeddings``):
+``item_embedding_init: pca`` initialises the student's item table from the teacher's item vectors;
+``embedding_fusion: {w_ed: 0.25}`` trains ``b_i + w_ed · g(z_i)`` (DLLM2Rec collaborative embedding
+distillation). Both leave a plain student: :meth:`plain_student` folds the fusion into one
+``nn.Embedding`` and drops every projector, so the saved model is served like any other.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from recdistill.distill.embedding import TeacherEmbeddingFusion, pca_init
+from recdistill.distill.terms import TEACHER_SIGNALS, DistillTerm, TermSpec, declared_inputs, teacher_dims_for
+from recdistill.distill.registry import DISTILL_LOSSES
+from recdistill.student.tasks import SequentialFactory, SequentialRecommender
+
+ITEM_INITS = (None, "pca")
+
+
+class DistilledSequentialRecommender(SequentialRecommender):
+    """A sequential student trained with distillation terms read from a teacher-signal cache."""
+
+    def __init__(
+        self,
+        student: SequentialFactory,
+        signals: str,
+        terms: Sequence[Mapping[str, Any]] = (),
+        num_items: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        mask_seen: bool = True,
+        ks: Sequence[int] = (5, 10, 20),
+        sampled_negatives: int | None = None,
+        item_embedding_init: str | None = None,
+        embedding_fusion: Mapping[str, Any] | None = None,
+        in_memory: bool | str = "auto",
+    ) -> None:
+        """``signals``: folder of a teacher-signal cache (``recdistill teacher emit``); ``terms``:
+        ``[{name, weight, params}]`` (see ``recdistill.distill.terms``)."""
+        super().__init__(student, num_items=num_items, lr=lr, weight_decay=weight_decay, mask_seen=mask_seen,
+                         ks=ks, sampled_negatives=sampled_negatives)
+        if item_embedding_init not in ITEM_INITS:
+            raise ValueError(f"model.item_embedding_init must be one of {ITEM_INITS}, got {item_embedding_init!r}")
+        from recdistill.teacher.cache_reader import TeacherSignals
+
+        self.signals_dir = str(signals)
+        self.signals = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory)
+        specs = [TermSpec.parse(t, i) for i, t in enumerate(terms)]
+        wanted = {TEACHER_SIGNALS[k] for s in specs for k in declared_inputs(DISTILL_LOSSES[s.name], s.params).values()
+                  if k in TEACHER_SIGNALS}
+        if item_embedding_init or embedding_fusion:
+            wanted.add("item_embeddings")
+        top_k = max((s.top_k for s in specs if s.top_k is not None), default=None)
+        self.signals.require(sorted(wanted), k=top_k)
+        needs_table = bool(wanted & {"item_embeddings"})
+        table = self.signals.item_embeddings().float() if needs_table else None
+        signal_dims = self._signal_dims(wanted, table)
+        student_dims = {"student_dim": int(self.student.hidden_size),
+                        "num_student_blocks": self._num_student_blocks()}
+        self.terms = nn.ModuleList()
+        for spec in specs:
+            inputs = declared_inputs(DISTILL_LOSSES[spec.name], spec.params)
+            self.terms.append(DistillTerm(spec, {**student_dims, **teacher_dims_for(inputs, signal_dims)}))
+        labels = [t.label for t in self.terms]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"model.terms: two terms log under the same label ({labels}); set `label:` on one")
+        self._context_keys = set().union(*(t.context_keys for t in self.terms)) if self.terms else set()
+        self._cache_keys = sorted({TEACHER_SIGNALS[k] for k in self._context_keys if k in TEACHER_SIGNALS}
+                                  - {"teacher_logits", "item_embeddings"})
+        # the teacher item table travels with the module (device moves) but is never saved
+        self.register_buffer("teacher_item_table", table, persistent=False)
+        self._install_item_table(item_embedding_init, embedding_fusion)
+
+    # -- set-up ------------------------------------------------------------------------
+    def _signal_dims(self, wanted: set[str], table: Tensor | None) -> dict[str, int]:
+        """Widths of the cached signals the terms read (for their projectors)."""
+        dims: dict[str, int] = {}
+        per_example = sorted(wanted & {"hidden", "layers", "user"})
+        if per_example:
+            first = torch.as_tensor(self.signals.example_ids()[:1])
+            sample, _ = self.signals.lookup(first, per_example)
+            dims.update({key: int(sample[key].shape[-1]) for key in per_example})
+            if "layers" in sample:
+                dims["num_layers"] = int(sample["layers"].shape[-2])
+        if table is not None:
+            dims["item_embeddings"] = int(table.shape[1])
+        return dims
+
+    def _num_student_blocks(self) -> int:
+        """How many block outputs the student exposes (``Encoded.layers`` without the embedding output)."""
+        probe = torch.zeros(1, 2, dtype=torch.long)
+        probe[0, -1] = 1
+        was_training = self.student.training
+        self.student.eval()
+        with torch.no_grad():
+            count = len(self._block_states(self.student.encode(probe)))
+        self.student.train(was_training)
+        return count
+
+    @staticmethod
+    def _block_states(encoded: Any) -> tuple[Tensor, ...]:
+        layers = tuple(encoded.layers)
+        # layer contract: layers[0] is the embedding output, layers[1:] the blocks' outputs
+        return layers[1:] if len(layers) > 1 else layers
+
+    def _install_item_table(self, init: str | None, fusion: Mapping[str, Any] | None) -> None:
+        if init is None and fusion is None:
+            return
+        table = getattr(self.student, "item_embedding", None)
+        if not isinstance(table, nn.Embedding):
+            raise ValueError(f"{type(self.student).__name__} has no `item_embedding` table to initialise or fuse")
+        teacher = self.teacher_item_table
+        if teacher.shape[0] != self.student.num_items + 1:
+            raise ValueError(f"teacher item table has {teacher.shape[0]} rows, the student {self.student.num_items + 1}")
+        if init == "pca":
+            vectors = pca_init(teacher, table.embedding_dim, target_std=float(table.weight.std()))
+            with torch.no_grad():
+                table.weight[: vectors.shape[0]] = vectors
+        if fusion is not None:
+            self.student.item_embedding = TeacherEmbeddingFusion(
+                teacher, table.embedding_dim, num_embeddings=table.num_embeddings, **dict(fusion))
+            with torch.no_grad():  # start from the ID table the student had (PCA or random)
+                self.student.item_embedding.id_embedding.weight.copy_(table.weight)
+
+    def setup(self, stage: str) -> None:
+        """Refuse a cache emitted for another dataset or item-id space than the one being trained on."""
+        split = getattr(getattr(self.trainer, "datamodule", None), "split", None)
+        if split is None:
+            return
+        from recdistill.teacher.cache_format import CacheMismatchError, item_space_hash
+
+        cached = self.signals.manifest.get("dataset", {})
+        current = {"num_items": split.num_items, "item_space_sha256": item_space_hash(split.item_ids),
+                   "fingerprint": split.fingerprint}
+        for field, value in current.items():
+            if cached.get(field) != value:
+                raise CacheMismatchError(
+                    f"signals cache {self.signals_dir} was emitted for dataset.{field}={cached.get(field)!r}, but the "
+                    f"student trains on {value!r}: emit the teacher on this dataset (recdistill teacher emit)")
+
+    # -- training ----------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.task_loss(batch)
+        size = batch["input_ids"].shape[0]
+        self.log("train/task_loss", out.loss, batch_size=size)
+        total = out.loss
+        if len(self.terms):
+            example_ids = getattr(out, "example_ids", None)
+            if example_ids is None:
+                example_ids = batch["example_ids"][out.positions]
+            context, coverage = self._context(out, example_ids)
+            self.log("distill/coverage", coverage, batch_size=size)
+            for term in self.terms:
+                value = term(context) if context is not None else out.loss.new_zeros(())
+                self.log(f"distill/{term.label}", value, batch_size=size)
+                total = total + term.weight * value
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        return total
+
+    def _context(self, out: Any, example_ids: Tensor) -> tuple[dict[str, Any] | None, float]:
+        """The context entries the terms read, over the covered rows only (None if none is covered)."""
+        found, valid = self.signals.lookup(example_ids.detach().cpu(), self._cache_keys)
+        coverage = float(valid.float().mean()) if valid.numel() else 0.0
+        if not bool(valid.any()):
+            return None, coverage
+        rows = valid.to(out.logits.device)
+        keys = self._context_keys
+        ctx: dict[str, Any] = {"student_logits": out.logits[rows], "target": out.labels[rows]}
+        if keys & {"student_hidden", "student_layers"}:
+            positions = out.positions
+            if "student_hidden" in keys:
+                ctx["student_hidden"] = out.encoded.sequence[positions][rows]
+            if "student_layers" in keys:
+                ctx["student_layers"] = [layer[positions][rows] for layer in self._block_states(out.encoded)]
+        for key, signal in TEACHER_SIGNALS.items():
+            if key in keys and signal in found:
+                value = found[signal][valid].to(out.logits.device)
+                ctx[key] = value.float() if value.is_floating_point() else value.long()
+        if keys & {"teacher_logits", "teacher_target_score"}:
+            logits, _ = self.signals.teacher_logits(example_ids[valid.to(example_ids.device)].cpu())
+            logits = logits.to(out.logits.device).float()
+            ctx["teacher_logits"] = logits
+            ctx["teacher_target_score"] = logits.gather(1, ctx["target"].long().unsqueeze(1)).squeeze(1)
+        if "teacher_user" in ctx and self.teacher_item_table is not None:
+            # a hybrid teacher's user row is [LLM user, CF state]; its LLM part shares the item table's space
+            ctx["teacher_user"] = ctx["teacher_user"][:, : self.teacher_item_table.shape[1]]
+        if "teacher_item_emb" in keys:
+            ctx["teacher_item_emb"] = self.teacher_item_table
+        if keys & {"batch_item_ids", "student_item_emb_batch", "teacher_item_emb_batch"}:
+            items = ctx["target"].long()
+            ctx["batch_item_ids"] = items
+            ctx["student_item_emb_batch"] = self.student.item_embedding(items)
+            ctx["teacher_item_emb_batch"] = self.teacher_item_table[items]
+        return ctx, coverage
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        # projectors and adapters inside the terms train with the student
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    # -- what is kept ------------------------------------------------------------------
+    def plain_student(self) -> nn.Module:
+        """A copy of the student as a plain registered student: the fused item table folded into
+        one ``nn.Embedding``; the terms' projectors and the teacher table are not part of it."""
+        student = copy.deepcopy(self.student)
+        fusion = student.item_embedding
+        if isinstance(fusion, TeacherEmbeddingFusion):
+            student.item_embedding = fusion.to_embedding()
+        return student.eval()
+
+
+__all__ = ["DistilledSequentialRecommender"]

@@ -1,0 +1,138 @@
+"""Quantization: the int8 item-table module, PyTorch dynamic int8, and ONNX Runtime dynamic /
+static int8 and fp16 files whose quantized operators are counted."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from recdistill.compress.gate import onnx_scorer, topk_overlap, torch_scorer
+from recdistill.compress.onnx_quant import (
+    convert_fp16, count_ops, quant_config_path, quantize_dynamic_onnx, quantize_static_onnx, unfold_int8_item_table,
+)
+from recdistill.compress.quantize import QuantizedEmbedding, dynamic_int8, item_table_bytes, quantize_item_table
+from recdistill.export import export_onnx
+from recdistill.student import build_student
+
+
+@pytest.fixture(scope="module")
+def sasrec():
+    torch.manual_seed(0)
+    return build_student("sasrec", num_items=200, hidden_size=32, num_layers=1, num_heads=2, max_len=10,
+                         dropout=0.0).eval()
+
+
+@pytest.fixture(scope="module")
+def batches():
+    g = torch.Generator().manual_seed(1)
+    return [{"input_ids": torch.randint(1, 201, (16, 10), generator=g)} for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def fp32_onnx(sasrec, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "fp32.onnx"
+    export_onnx(sasrec, path)
+    return path
+
+
+def _masked(scores):
+    scores = scores.clone()
+    scores[:, 0] = -torch.inf
+    return scores
+
+
+def test_quantized_embedding_per_row_beats_per_tensor_on_uneven_rows():
+    torch.manual_seed(0)
+    emb = nn.Embedding(50, 16, padding_idx=0)
+    with torch.no_grad():
+        emb.weight.mul_(torch.logspace(-2, 1, 50)[:, None])  # row norms over 3 decades
+        emb.weight[0] = 0
+    errors = {}
+    for scheme in ("per_row", "per_tensor"):
+        q = QuantizedEmbedding.from_embedding(emb, scheme)
+        assert q.qweight.dtype == torch.int8
+        ids = torch.tensor([[0, 3, 49], [7, 7, 1]])
+        torch.testing.assert_close(q(ids), q.weight[ids])  # lookup == dequantized table rows
+        assert bool((q(ids)[0, 0] == 0).all())  # padding row stays zero
+        w = emb.weight.detach()
+        errors[scheme] = float(((q.weight - w) / w.norm(dim=1, keepdim=True).clamp(min=1e-8))
+                               .pow(2).sum(1)[1:].mean())
+    assert errors["per_row"] < errors["per_tensor"] / 10
+    # int8 rows + one fp32 scale per row: (16 + 4) / (16 * 4) of the fp32 table
+    assert item_table_bytes(QuantizedEmbedding.from_embedding(emb)) == 50 * (16 + 4)
+
+
+def test_torch_dynamic_int8_and_item_table(sasrec, batches):
+    ref = torch_scorer(sasrec)
+    q = dynamic_int8(sasrec)
+    assert not any(type(m) is nn.Linear for m in q.modules())
+    assert any("quantized" in type(m).__module__ for m in q.modules())
+    row = quantize_item_table(sasrec, "per_row")
+    assert isinstance(row.item_embedding, QuantizedEmbedding) and isinstance(sasrec.item_embedding, nn.Embedding)
+    for model in (q, row):
+        b = batches[0]
+        out = torch_scorer(model)(b)
+        assert out.shape == ref(b).shape
+        assert topk_overlap(_masked(ref(b)), _masked(out)) > 0.8
+
+
+def test_onnx_dynamic_int8_counts_quantized_ops(fp32_onnx, sasrec, batches, tmp_path):
+    config = quantize_dynamic_onnx(fp32_onnx, tmp_path / "int8.onnx")
+    ops = count_ops(tmp_path / "int8.onnx")["quantized"]
+    assert ops.get("MatMulInteger", 0) >= 4 and ops.get("DynamicQuantizeLinear", 0) >= 1  # Q, K, V, out, FFN...
+    saved = json.loads(quant_config_path(tmp_path / "int8.onnx").read_text())
+    assert saved["method"] == "dynamic_int8" and saved["ops"]["quantized"] == ops and "tool" in saved
+    assert config["tool"].startswith("optimum"), config.get("fallback_reason")
+    assert (tmp_path / "int8.onnx").stat().st_size < fp32_onnx.stat().st_size
+    scorer, _ = onnx_scorer(tmp_path / "int8.onnx")
+    b = batches[0]
+    assert topk_overlap(_masked(torch_scorer(sasrec)(b)), _masked(scorer(b))) > 0.8
+
+
+def test_onnx_gather_quantization_is_per_tensor(fp32_onnx, tmp_path):
+    quantize_dynamic_onnx(fp32_onnx, tmp_path / "gather.onnx", operators=("MatMul", "Gemm", "Gather"))
+    model = onnx.load(str(tmp_path / "gather.onnx"))
+    assert count_ops(tmp_path / "gather.onnx")["quantized"].get("DequantizeLinear", 0) >= 1
+    inits = {t.name: t for t in model.graph.initializer}
+    scales = [n.input[1] for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    sizes = [int(np.prod(inits[s].dims)) if s in inits else None for s in scales]
+    assert sizes and all(size == 1 for size in sizes)  # one scale for the whole table
+
+
+def test_onnx_static_int8_and_fp16(fp32_onnx, batches, tmp_path):
+    feeds = [{"input_ids": b["input_ids"].numpy()} for b in batches[:2]]
+    config = quantize_static_onnx(fp32_onnx, tmp_path / "static.onnx", feeds)
+    ops = count_ops(tmp_path / "static.onnx")["quantized"]
+    assert ops.get("QuantizeLinear", 0) >= 1 and ops.get("DequantizeLinear", 0) >= 1
+    assert config["calibration_batches"] == 2 and config["format"] == "QDQ"
+    convert_fp16(fp32_onnx, tmp_path / "fp16.onnx")
+    model = onnx.load(str(tmp_path / "fp16.onnx"))
+    assert sum(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer) >= 4
+    for name in ("static.onnx", "fp16.onnx"):
+        scorer, _ = onnx_scorer(tmp_path / name)
+        assert scorer(batches[0]).shape == (16, 201)
+
+
+def test_per_row_item_table_exports_int8_once(sasrec, batches, tmp_path):
+    model = quantize_item_table(sasrec, "per_row")
+    export_onnx(model, tmp_path / "row.onnx")
+    assert count_ops(tmp_path / "row.onnx")["int8_initializers"] >= 1
+    score_nodes = unfold_int8_item_table(tmp_path / "row.onnx", tmp_path / "unfolded.onnx")
+    assert len(score_nodes) == 1  # the scoring MatMul now reads the int8 table
+    unfolded = onnx.load(str(tmp_path / "unfolded.onnx"))
+    big_float = [t.name for t in unfolded.graph.initializer
+                 if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= 201 * 32]
+    assert big_float == []  # no fp32 copy of the item table is left
+    quantize_dynamic_onnx(tmp_path / "unfolded.onnx", tmp_path / "row_int8.onnx", nodes_to_exclude=score_nodes)
+    b = batches[1]
+    ref = torch_scorer(model)(b)
+    for name in ("unfolded.onnx", "row_int8.onnx"):
+        scorer, _ = onnx_scorer(tmp_path / name)
+        if name == "unfolded.onnx":
+            torch.testing.assert_close(scorer(b), ref, atol=1e-4, rtol=1e-4)
+        assert topk_overlap(_masked(torch_scorer(sasrec)(b)), _masked(scorer(b))) > 0.8
