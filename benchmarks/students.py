@@ -23,6 +23,8 @@ from recdistill.recipes import recipe_path
 
 SEQUENTIAL = ["sasrec", "sasrec_windows", "gru4rec", "caser", "bert4rec"]
 CTR = ["deepfm", "dcnv2", "din"]
+#: rows of the CTR table that are not students (``recdistill.ctr_baselines``), payload key -> label
+CTR_BASELINES = {"gbdt": "GBDT + train-only target stats", "logistic": "one-hot logistic regression"}
 
 
 def run_student_benchmark(output_dir: str | Path, students: list[str] | None = None,
@@ -48,13 +50,29 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
             write_json(output_dir / "students.json", _payload(runs, seeds, started))
     datamodule = SequentialDataModule(dataset="movielens-100k")
     popular = {split: most_popular_metrics(datamodule, split) for split in ("valid", "test")}
-    payload = _payload(runs, seeds, started, popular)
+    ctr_baselines = run_ctr_baselines() if any(name in CTR for name in names) else None
+    payload = _payload(runs, seeds, started, popular, ctr_baselines)
     write_json(output_dir / "students.json", payload)
     markdown = render_markdown(payload)
     write_text(output_dir / "students.md", markdown)
     if readme is not None:
         update_readme(readme, markdown)
     return payload
+
+
+def run_ctr_baselines(dataset: str = "movielens-100k") -> dict[str, dict[str, Any]]:
+    """The practitioner's CTR baselines on the students' CTR split (once per benchmark, seed-free
+    apart from the GBDT's fixed folds): ``{"gbdt": {...}, "logistic": {...}}``, each with
+    ``valid``/``test`` metrics, the hyper-parameters selected on validation and its fit seconds."""
+    from recdistill.ctr_baselines import gbdt_baseline, logistic_baseline
+    from recdistill.data import CTRDataModule
+
+    datamodule = CTRDataModule(dataset=dataset)
+    out: dict[str, dict[str, Any]] = {}
+    for name, baseline in (("gbdt", gbdt_baseline), ("logistic", logistic_baseline)):
+        began = time.time()
+        out[name] = {**baseline(datamodule), "fit_seconds": round(time.time() - began, 1)}
+    return out
 
 
 README_START = "<!-- bench:students:start -->"
@@ -74,7 +92,8 @@ def update_readme(readme: str | Path, markdown: str, markers: tuple[str, str] = 
 
 
 def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,
-             popular: dict[str, dict[str, float]] | None = None) -> dict[str, Any]:
+             popular: dict[str, dict[str, float]] | None = None,
+             ctr_baselines: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
         "benchmark": "students",
         "dataset": "movielens-100k",
@@ -84,6 +103,7 @@ def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float,
         "torch": torch.__version__,
         "wall_seconds": round(time.time() - started, 1),
         "most_popular": popular,
+        "ctr_baselines": ctr_baselines,
         "runs": runs,
     }
 
@@ -127,9 +147,19 @@ def render_markdown(payload: dict[str, Any]) -> str:
             f"{int(_median(runs, 'num_parameters')):,} | {_median(runs, 'seconds_per_epoch'):.2f} | "
             f"{int(_median(runs, 'threads'))} | {int(_median(runs, 'epochs'))} |"
         )
-    if ctr_rows:
+    baselines = payload.get("ctr_baselines")
+    if ctr_rows or baselines:
+        if baselines:
+            lines += ["", "CTR split: per-user time split, last 10%/10% of each user's events valid/test. The first two "
+                      "rows are a practitioner's baselines on the same rows (`recdistill.ctr_baselines`, fitted once, "
+                      "hyper-parameters selected on validation LogLoss); students are selected on validation AUC."]
         lines += ["", "| CTR model | valid AUC | test AUC | test GAUC | test LogLoss | params | s/epoch | threads | epochs |",
                   "|---|---|---|---|---|---|---|---|---|"]
+        for key, label in CTR_BASELINES.items():
+            base = (baselines or {}).get(key)
+            if base:
+                lines.append(f"| {label} | {base['valid']['auc']:.4f} | {base['test']['auc']:.4f} | "
+                             f"{base['test']['gauc']:.4f} | {base['test']['logloss']:.4f} | - | - | - | - |")
         for name, runs in ctr_rows:
             lines.append(
                 f"| {name} | {_median(runs, 'valid', 'auc'):.4f} | {_median(runs, 'test', 'auc'):.4f} | "

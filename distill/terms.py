@@ -45,8 +45,8 @@ TEACHER_SIGNALS: dict[str, str] = {
     "teacher_hidden": "hidden",
     "teacher_layers": "layers",
     "teacher_user": "user",
-    "teacher_logits": "scores",
-    "teacher_target_score": "scores",
+    "teacher_logits": "teacher_logits",
+    "teacher_target_score": "teacher_logits",
     "teacher_item_emb": "item_embeddings",
     "teacher_item_emb_batch": "item_embeddings",
 }
