@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import random
+import logging
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -84,6 +85,34 @@ class RNGStateCheckpoint(L.Callback):
         restore_rng_state(state_dict)
 
 
+# Known-harmless messages of the libraries we use, silenced so the console shows our progress only.
+KNOWN_NOISE = (
+    r"LightningCLI's args parameter is intended",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # lightning vs torch pytree API
+    r"Found \d+ module\(s\) in eval mode at the start of training.*",  # frozen teacher / CF parts, on purpose
+    r"Could not find a config file in .* will assume that the vocabulary was not modified",  # peft, GGUF base
+    r".*does not have many workers.*",  # in-memory batches: workers would only add overhead
+    r"The number of training batches .* is smaller than the logging interval.*",
+)
+
+
+class _NoTips(logging.Filter):
+    """Drops Lightning's advertising tips (e.g. for its cloud logger)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def quiet_known_noise() -> None:
+    """Silence :data:`KNOWN_NOISE` warnings and Lightning's product tips (idempotent)."""
+    for pattern in KNOWN_NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoTips) for f in logger.filters):
+            logger.addFilter(_NoTips())
+
+
 def build_lightning_cli(
     cli_class: type,
     *,
@@ -106,7 +135,7 @@ def build_lightning_cli(
     from jsonargparse import ArgumentError, lazy_instance
     from lightning.pytorch.loggers import CSVLogger
 
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    quiet_known_noise()
     defaults: dict[str, Any] = {
         "default_root_dir": str(output_dir),
         "logger": lazy_instance(CSVLogger, save_dir=str(output_dir), name="logs"),

@@ -2,7 +2,8 @@
 
 Protocol: the teacher recipe (hybrid SmolLM2 + SASRec, ``ml100k_teacher_smollm2``) is fitted and
 emitted once per teacher seed (default: seed 0) on top of the SASRec run of the same seed; every
-student variant is then trained for each student seed from the same cache. The vanilla row is the
+variant is trained on the first seed, and the variant with the best validation NDCG@10 (never test)
+is then trained on every seed. The vanilla row is the
 strongest plain student of the same size and data (``ml100k_sasrec_windows``: every window of
 every history), which is also the teacher's collaborative part. A control teacher with randomly
 initialised LLM layers (no language-model knowledge) is distilled with the best combination, so
@@ -39,7 +40,7 @@ def _terms(*terms: dict[str, Any]) -> str:
 
 # variant name -> overrides of the distillation recipe
 VARIANTS: dict[str, list[str]] = {
-    "RD (top-10)": [_terms({"name": "rd", "weight": 1.0, "top_k": 10}), "--model.embedding_fusion=null"],
+    "RD (top-10)": [_terms({"name": "rd", "weight": 1.0, "top_k": 10, "params": {"student_output": "softmax"}}), "--model.embedding_fusion=null"],
     "DLLM2Rec ranking (top-10)": ["--model.embedding_fusion=null"],
     "DLLM2Rec ranking + embedding": [],
     "soft-label KL (full catalogue, tau 2)": [
@@ -52,8 +53,11 @@ VARIANTS: dict[str, list[str]] = {
         _terms({"name": "contrastive", "weight": 0.01}), "--model.embedding_fusion=null"],
     "item table from teacher (PCA)": [
         "--model.terms=[]", "--model.embedding_fusion=null", "--model.item_embedding_init=pca"],
+    "DLLM2Rec ranking + embedding + hidden-state": [
+        _terms({"name": "dllm2rec", "weight": 0.8, "top_k": 10,
+                "params": {"gamma": [0.3, 0.5, 0.1], "distance": "cosine", "student_output": "softmax"}},
+               {"name": "hidden_state", "weight": 0.1, "params": {"metric": "cosine"}})],
 }
-BEST = "DLLM2Rec ranking + embedding"
 
 
 def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: list[int] | None = None,
@@ -75,23 +79,32 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     teachers = {seed: _teacher_run(output_dir, seed, []) for seed in teacher_seeds}
     if control:
         teachers["control"] = _teacher_run(output_dir, teacher_seeds[0], ["--model.random_init_layers=true"])
-    plan = [(name, seed, teachers[teacher_seeds[0]]) for name in names for seed in seeds]
-    if control:
-        plan += [(f"{BEST}, control teacher (random-init LLM layers)", seed, teachers["control"]) for seed in seeds]
     for seed in seeds:  # the vanilla baseline is the teacher's own collaborative run
         vanilla = _collaborative_run(output_dir, seed)
         runs.append({**json.loads((vanilla / "metrics.json").read_text()), "variant": "vanilla", "seed": seed})
-    for name, seed, teacher in plan:
-        extra = VARIANTS.get(name, VARIANTS[BEST])
+
+    def distil(name: str, seed: int, teacher: dict[str, Any], extra: list[str]) -> dict[str, Any]:
         args = [f"--seed_everything={seed}", f"--model.signals={teacher['signals']}", *extra, *(overrides or [])]
         slug = _slug(name)
         run_dir = output_dir / "runs" / f"distill-{slug}-seed{seed}"
         inputs = {"recipe": recipe_path(DISTILL_RECIPE).read_text(), "args": args, "teacher": teacher["digest"]}
         metrics = run_stage(f"distill-{slug}-seed{seed}", run_dir, inputs,
-                            lambda d, args=args: fit_distilled(DISTILL_RECIPE, d, args))
+                            lambda d: fit_distilled(DISTILL_RECIPE, d, args))
         runs.append({**metrics, "variant": name, "seed": seed})
-        write_json(output_dir / "distill.json", _payload(runs, seeds, teachers, started))
-    payload = _payload(runs, seeds, teachers, started)
+        write_json(output_dir / "distill.json", _payload(runs, seeds, teachers, started, best))
+        return metrics
+
+    # 1. every variant on the first seed; 2. the best on validation (never test) on every seed
+    teacher = teachers[teacher_seeds[0]]
+    best: str | None = None
+    screen = {name: distil(name, seeds[0], teacher, VARIANTS[name]) for name in names}
+    best = max(screen, key=lambda name: screen[name]["valid"]["ndcg@10"])
+    for seed in seeds[1:]:
+        distil(best, seed, teacher, VARIANTS[best])
+    if control:
+        for seed in seeds:
+            distil(f"{best}, control teacher (random-init LLM layers)", seed, teachers["control"], VARIANTS[best])
+    payload = _payload(runs, seeds, teachers, started, best)
     write_json(output_dir / "distill.json", payload)
     markdown = render_markdown(payload)
     write_text(output_dir / "distill.md", markdown)
@@ -127,8 +140,9 @@ def _slug(name: str) -> str:
 
 
 def _payload(runs: list[dict[str, Any]], seeds: list[int], teachers: dict[Any, dict[str, Any]],
-             started: float) -> dict[str, Any]:
+             started: float, best: str | None) -> dict[str, Any]:
     return {
+        "best_on_validation": best,
         "benchmark": "distill",
         "dataset": "movielens-100k",
         "protocol": __doc__.split("\n\n", 1)[1].strip(),
@@ -171,18 +185,22 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"{payload['torch']}, CPU. {payload['protocol'].splitlines()[0]} Reproduce: `make bench-distill`. "
         "With 943 test users a difference under about 0.01 NDCG@10 is noise.",
         "",
-        "| model | test NDCG@10 | test HR@10 | cold NDCG@10 (n) | rare NDCG@10 (n) | warm NDCG@10 (n) | s/epoch | threads |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | seeds | valid NDCG@10 | test NDCG@10 | test HR@10 | cold NDCG@10 (n) | rare NDCG@10 (n) "
+        "| warm NDCG@10 (n) | s/epoch | threads |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, teacher in payload["teachers"].items():
         test = teacher.get("test") or {}
         if test:
             name = "teacher (control: random-init LLM layers)" if key == "control" else f"teacher (seed {key})"
-            lines.append(f"| {name} | {test.get('ndcg@10', float('nan')):.4f} | {test.get('hr@10', float('nan')):.4f} "
+            valid = teacher.get("valid") or {}
+            lines.append(f"| {name} | 1 | {valid.get('ndcg@10', float('nan')):.4f} "
+                         f"| {test.get('ndcg@10', float('nan')):.4f} | {test.get('hr@10', float('nan')):.4f} "
                          f"| {_slice(test, 'cold')} | {_slice(test, 'rare')} | {_slice(test, 'warm')} | - | - |")
     for name, runs in by_variant.items():
         lines.append(
-            f"| {name} | {_cell(runs, 'test', 'ndcg@10')} | {_cell(runs, 'test', 'hr@10')} | "
+            f"| {name} | {len(runs)} | {_cell(runs, 'valid', 'ndcg@10')} | {_cell(runs, 'test', 'ndcg@10')} "
+            f"| {_cell(runs, 'test', 'hr@10')} | "
             f"{_cell(runs, 'test', 'cold/ndcg@10')} ({_count(runs, 'cold')}) | "
             f"{_cell(runs, 'test', 'rare/ndcg@10')} ({_count(runs, 'rare')}) | "
             f"{_cell(runs, 'test', 'warm/ndcg@10')} ({_count(runs, 'warm')}) | "

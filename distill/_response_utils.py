@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -75,3 +76,29 @@ def reduce_rows(per_row: Tensor, row_valid: Tensor, reduction: str) -> Tensor:
         return per_row.sum()
     n = row_valid.sum()
     return per_row.sum() / n.clamp_min(1).to(per_row.dtype)
+
+
+STUDENT_OUTPUTS = ("sigmoid", "softmax")
+
+
+def check_student_output(student_output: str) -> str:
+    if student_output not in STUDENT_OUTPUTS:
+        raise ValueError(f"student_output must be one of {STUDENT_OUTPUTS}, got {student_output!r}")
+    return student_output
+
+
+def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str) -> Tensor:
+    """``[B, K]`` negative log-likelihood of each teacher candidate under the student.
+
+    ``"sigmoid"``: −log σ(ŷ_i), the papers' form for students trained with sampled BCE.
+    ``"softmax"``: −log softmax(ŷ)_i over items 1..N (column 0 = padding excluded), for students
+    trained with full-softmax cross-entropy. Under a softmax task loss the sigmoid form is
+    degenerate: adding one constant to every logit leaves the task loss unchanged and drives
+    −log σ(ŷ_i) to 0, so the term stops ranking anything; the softmax form is shift-invariant
+    like the task loss.
+    """
+    picked = student_logits.gather(1, ids)
+    if student_output == "sigmoid":
+        return F.softplus(-picked)
+    log_norm = torch.logsumexp(student_logits[:, 1:], dim=1, keepdim=True)
+    return log_norm - picked

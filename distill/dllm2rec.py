@@ -10,7 +10,9 @@ from torch import Tensor, nn
 
 from ._response_utils import (
     check_logits_and_ids,
+    candidate_nll,
     check_reduction,
+    check_student_output,
     excluded_columns,
     masked_normalize,
     reduce_rows,
@@ -80,6 +82,10 @@ class ImportanceRankingDistillationLoss(nn.Module):
     Defaults: β = 1, (γ_p, γ_c, γ_o) = (0.3, 0.5, 0.1); paper K = 10 (taken from the input here);
     the loss weight λ_d (0.7–0.8 in the paper) belongs to the caller: L = L_task + λ_d · L_d.
 
+    ``student_output="softmax"`` replaces −log σ(ŷ_si) by −log softmax(ŷ_s)_i over the catalogue,
+    for students trained with full-softmax cross-entropy (the paper's students use sampled BCE; under
+    a softmax task the sigmoid form is satisfied by raising every logit, see :func:`candidate_nll`).
+
     Not reproduced from the public code: its distillation term also adds a sampled-negative term
     written ``log σ(1 − s)`` instead of ``log σ(−s)`` (a bug), plus a DRO term; this module
     implements only the paper's L_d above. The code also adds 1e-8 to w^o and w^c; we don't.
@@ -107,8 +113,10 @@ class ImportanceRankingDistillationLoss(nn.Module):
         confidence: str = "sequence",
         distance: str = "l2",
         reduction: str = "mean",
+        student_output: str = "sigmoid",
     ) -> None:
         super().__init__()
+        self.student_output = check_student_output(student_output)
         if beta <= 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         gamma = tuple(float(g) for g in gamma)
@@ -212,6 +220,6 @@ class ImportanceRankingDistillationLoss(nn.Module):
         ids = teacher_topk_ids.detach().long()
         valid = ids > 0
         w = self.weights(student_logits, ids, teacher_user, teacher_item_emb, target, history)
-        nll = F.softplus(-student_logits.gather(1, ids))  # -log σ(ŷ)
+        nll = candidate_nll(student_logits, ids, self.student_output)
         per_row = (w * torch.where(valid, nll, torch.zeros_like(nll))).sum(dim=1)
         return reduce_rows(per_row, valid.any(dim=1), self.reduction)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._response_utils import (
     check_logits_and_ids,
+    candidate_nll,
     check_reduction,
+    check_student_output,
     excluded_columns,
     masked_normalize,
     reduce_rows,
@@ -52,6 +53,11 @@ class RankingDistillationLoss(nn.Module):
 
         L_s = Σ_{r=1..K} w_r · ( −log σ(ŷ_{s,π_r}) )
 
+    (``student_output="sigmoid"``, the paper's form for a student trained with sampled BCE).
+    With ``student_output="softmax"`` the term is −log softmax(ŷ)_{π_r} over the catalogue, for
+    students trained with full-softmax cross-entropy (see :func:`candidate_nll`: the sigmoid form is
+    degenerate there, it is satisfied by raising every logit).
+
     * static (position-importance) weight, r 1-based:
       w_r = exp(−r/λ) / Σ_{r'} exp(−r'/λ)  (sum over the row's non-missing slots, so it sums to 1).
     * optional dynamic (ranking-discrepancy) weight, used after a warm-up in the paper:
@@ -80,6 +86,7 @@ class RankingDistillationLoss(nn.Module):
         renormalize: renormalise the hybrid weight per row (default True, see above).
         reduction: "mean" (over rows with at least one non-missing teacher id; default), "sum",
             or "none" (per-row ``[B]``).
+        student_output: "sigmoid" (paper, default) or "softmax" (students trained with full-softmax CE).
 
     K is taken from the input (``teacher_topk_ids.shape[1]``; paper default K = 10). The loss
     weight α (paper default 1) belongs to the caller: ``L = L_task + α · rd(...)``.
@@ -97,8 +104,10 @@ class RankingDistillationLoss(nn.Module):
         dynamic: bool = False,
         renormalize: bool = True,
         reduction: str = "mean",
+        student_output: str = "sigmoid",
     ) -> None:
         super().__init__()
+        self.student_output = check_student_output(student_output)
         if lam <= 0:
             raise ValueError(f"lam must be > 0, got {lam}")
         if mu < 0:
@@ -150,7 +159,6 @@ class RankingDistillationLoss(nn.Module):
         ids = teacher_topk_ids.detach().long()
         valid = ids > 0
         w = self.weights(student_logits, ids, history=history, dynamic=dynamic)
-        cand = student_logits.gather(1, ids)
-        nll = F.softplus(-cand)  # -log σ(ŷ)
+        nll = candidate_nll(student_logits, ids, self.student_output)
         per_row = (w * torch.where(valid, nll, torch.zeros_like(nll))).sum(dim=1)
         return reduce_rows(per_row, valid.any(dim=1), self.reduction)

@@ -474,3 +474,26 @@ def test_ctr_soft_bce_matches_brute_force():
     with pytest.raises(ValueError, match="label"):
         CTRSoftLabelLoss(alpha=0.5)(s, t)
     assert torch.isfinite(CTRSoftLabelLoss(alpha=1.0)(s, t))
+
+
+@pytest.mark.parametrize("name, extra", [("rd", {}), ("dllm2rec", {"gamma": (0.3, 0.0, 0.1)})])
+def test_softmax_student_output_matches_hand_value_and_is_shift_invariant(name, extra):
+    torch.manual_seed(0)
+    logits = torch.randn(4, 12)
+    ids = torch.tensor([[3, 5, 0], [1, 2, 4], [7, 0, 0], [11, 10, 9]])
+    soft = build_loss(name, student_output="softmax", **extra)
+    sig = build_loss(name, **extra)
+    # same weights, -log softmax over items 1..N instead of -log sigmoid
+    w = sig.weights(logits, ids) if name == "rd" else sig.weights(logits, ids, None, None, None, None)
+    log_p = logits[:, 1:].log_softmax(dim=1)
+    nll = -torch.cat([torch.zeros(4, 1), log_p], dim=1).gather(1, ids)
+    expected = ((w * torch.where(ids > 0, nll, torch.zeros_like(nll))).sum(1)).mean()
+    assert torch.allclose(soft(logits, ids), expected, atol=1e-6)
+    # a constant added to every logit changes nothing for the softmax form, but lowers the sigmoid one
+    assert torch.allclose(soft(logits + 10.0, ids), soft(logits, ids), atol=1e-5)
+    assert sig(logits + 10.0, ids) < 0.01 * sig(logits, ids)
+
+
+def test_unknown_student_output_is_refused():
+    with pytest.raises(ValueError, match="student_output must be one of"):
+        build_loss("rd", student_output="probit")
