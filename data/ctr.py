@@ -119,14 +119,47 @@ def ctr_examples(split: SequentialSplit, rating_threshold: float = 4.0, valid_fr
         raise ValueError(f"dataset {split.name!r} has {int(np.isnan(ratings).sum())} events without a rating; "
                          f"the CTR task needs a rating for every event (drop or fill them before loading)")
     labels = (ratings >= rating_threshold).astype(np.float32)
-    num_test = np.repeat(np.maximum(1, np.round(lengths * test_fraction)).astype(np.int64), lengths)
-    num_valid = np.repeat(np.maximum(1, np.round(lengths * valid_fraction)).astype(np.int64), lengths)
+    num_valid, num_test = (np.repeat(n, lengths) for n in held_out_counts(lengths, valid_fraction, test_fraction))
     is_test = from_end <= num_test
     is_valid = ~is_test & (from_end <= num_test + num_valid)
     out = {}
     for name, mask in (("train", ~is_test & ~is_valid), ("valid", is_valid), ("test", is_test)):
         out[name] = CTRExamples(users[mask], pos[mask], labels[mask])
     return out
+
+
+def ctr_train_prefix(split: SequentialSplit, valid_fraction: float = 0.1, test_fraction: float = 0.1) -> SequentialSplit:
+    """The split cut to each user's CTR *training* events (everything before the CTR valid/test
+    events of :func:`ctr_examples`), for a sequential teacher whose signals distil into a CTR
+    student: a teacher fitted on the full leave-one-out split has trained on the events the CTR
+    split holds out. Users, items and example ids are unchanged (positions are prefixes); the
+    fingerprint is derived from the full split's and the fractions, so a cache states which one
+    its teacher saw."""
+    import dataclasses
+    import hashlib
+
+    num_valid, num_test = held_out_counts(split.lengths, valid_fraction, test_fraction)
+    train = split.lengths - num_valid - num_test
+    short = [int(u) for u, n in enumerate(train) if n < 3]
+    if short:
+        raise ValueError(f"{len(short)} user(s) keep fewer than 3 CTR training events (e.g. user index {short[0]}), "
+                         f"too few for the teacher's leave-one-out; raise data.min_interactions or lower the CTR fractions")
+
+    def cut(per_user: list[np.ndarray] | None) -> list[np.ndarray] | None:
+        return None if per_user is None else [values[:n] for values, n in zip(per_user, train)]
+
+    digest = hashlib.sha256(f"{split.fingerprint}:ctr-train-prefix:{valid_fraction}:{test_fraction}".encode())
+    return dataclasses.replace(split, sequences=cut(split.sequences), timestamps=cut(split.timestamps),
+                               ratings=cut(split.ratings), fingerprint=digest.hexdigest(),
+                               filtering_log=[*split.filtering_log, f"cut to the CTR training events "
+                                              f"(valid {valid_fraction}, test {test_fraction} held out)"])
+
+
+def held_out_counts(lengths: np.ndarray, valid_fraction: float, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per user, how many of the last events are CTR valid and test (at least one each)."""
+    num_valid = np.maximum(1, np.round(lengths * valid_fraction)).astype(np.int64)
+    num_test = np.maximum(1, np.round(lengths * test_fraction)).astype(np.int64)
+    return num_valid, num_test
 
 
 def ctr_summary(split: SequentialSplit, rating_threshold: float = 4.0, valid_fraction: float = 0.1,

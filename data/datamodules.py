@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 
 from recdistill.data.sampling import EpochShuffleSampler
 from recdistill.data.batching import BatchedDataset, collate, left_pad, offsets_of
-from recdistill.data.ctr import CTRDataset, build_ctr_features, ctr_examples
+from recdistill.data.ctr import CTRDataset, build_ctr_features, ctr_examples, ctr_train_prefix
 from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
 from recdistill.data.sequential import load_split
 
 TRAIN_WINDOWS = ("last", "all")
+HOLDOUTS = ("leave_one_out", "ctr")
 _SPLIT_ALIASES = {"train": "train", "val": "valid", "valid": "valid", "validation": "valid", "test": "test",
                   "predict": "test"}
 
@@ -165,9 +166,17 @@ class SequentialDataModule(_SplitDataModule):
         min_interactions: int = 3,
         num_workers: int = 0,
         seed: int = 0,
+        holdout: str = "leave_one_out",
+        ctr_valid_fraction: float = 0.1,
+        ctr_test_fraction: float = 0.1,
     ):
+        """``holdout="ctr"``: train (and emit) on each user's CTR training events only (see
+        :func:`recdistill.data.ctr.ctr_train_prefix`), for a teacher that distils into CTR students
+        without having seen the events the CTR split holds out."""
         super().__init__()
         self.save_hyperparameters()
+        if holdout not in HOLDOUTS:
+            raise ValueError(f"data.holdout must be one of {HOLDOUTS}, got {holdout!r}")
         if max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.dataset, self.data_format, self.column_map = dataset, data_format, column_map
@@ -177,6 +186,8 @@ class SequentialDataModule(_SplitDataModule):
         self.train_windows = train_windows
         self.min_interactions, self.num_workers, self.seed = min_interactions, num_workers, seed
         self.split = self._load(dataset, data_format, column_map, min_interactions)
+        if holdout == "ctr":
+            self.split = ctr_train_prefix(self.split, ctr_valid_fraction, ctr_test_fraction)
         self._datasets: dict[str, BatchedDataset] = {}
 
     def _dataset(self, split: str) -> BatchedDataset:

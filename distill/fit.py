@@ -18,18 +18,21 @@ from recdistill.atomic import write_json
 def fit_distilled(config: str | Path, output_dir: str | Path, overrides: list[str] | None = None,
                   resume: bool = False) -> dict[str, Any]:
     """Train, select on validation, test once, save a plain student. Returns ``metrics.json``."""
+    from recdistill.distill.ctr_module import DistilledCTRRecommender
     from recdistill.distill.module import DistilledSequentialRecommender
-    from recdistill.student.fit import fit_student
+    from recdistill.recipes import recipe_path
+    from recdistill.student.fit import fit_student, read_recipe, student_task
 
     output_dir = Path(output_dir)
-    metrics = fit_student(config, output_dir, overrides, resume=resume, model_class=DistilledSequentialRecommender)
+    task = student_task(read_recipe(recipe_path(str(config))))
+    model_class = DistilledCTRRecommender if task == "ctr" else DistilledSequentialRecommender
+    metrics = fit_student(config, output_dir, overrides, resume=resume, model_class=model_class)
     resolved = _resolved_model_section(output_dir / "config.yaml")
     signals = Path(resolved["signals"])
     manifest = json.loads((signals / "manifest.json").read_text())
     metrics["distill"] = {
         "terms": resolved.get("terms") or [],
-        "item_embedding_init": resolved.get("item_embedding_init"),
-        "embedding_fusion": resolved.get("embedding_fusion"),
+        **{key: resolved[key] for key in ("item_embedding_init", "embedding_fusion") if key in resolved},
         "signals": str(signals.resolve()),
         "teacher": manifest.get("teacher"),
         "signals_dataset": manifest.get("dataset"),
