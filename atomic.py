@@ -216,3 +216,14 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (Path, os.PathLike)) or type(value).__name__ == "dtype":
         return str(value)
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
+
+
+def item_space_hash(item_ids: Any) -> str:
+    """sha256 over the ordered raw item ids (item index ``i`` <-> ``item_ids[i - 1]``): the identity of
+    an item-id space, shared by the signal cache, exported models and their runtime."""
+    digest = hashlib.sha256()
+    digest.update(str(len(item_ids)).encode())
+    for raw in item_ids:
+        digest.update(b"\x00" + str(raw).encode())
+    return digest.hexdigest()
+

@@ -14,11 +14,12 @@ Files next to ``model.onnx``:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from recdistill.atomic import item_space_hash  # noqa: F401  (re-exported: the runtime checks vocabularies)
 
 # Keys of the ONNX metadata_props written by export_onnx (all values are strings).
 KEY_FORMAT = "recdistill.format"  # format version of this metadata
@@ -42,19 +43,6 @@ FORMAT_VERSION = "1"
 
 JSON_KEYS = (KEY_INIT_ARGS, KEY_INPUTS, KEY_OUTPUTS)
 INT_KEYS = (KEY_NUM_ITEMS, KEY_MAX_LEN, KEY_TOPK, KEY_OPSET)
-
-
-def item_space_hash(item_ids: Sequence[Any]) -> str:
-    """sha256 over the ordered raw item ids (item index ``i`` <-> ``item_ids[i - 1]``).
-
-    Same algorithm as ``recdistill.teacher.signals.item_space_hash`` (tested equal), repeated
-    here so that serving does not import the teacher (and Lightning) to check a vocabulary.
-    """
-    digest = hashlib.sha256()
-    digest.update(str(len(item_ids)).encode())
-    for raw in item_ids:
-        digest.update(b"\x00" + str(raw).encode())
-    return digest.hexdigest()
 
 
 def decode_metadata(props: Mapping[str, str]) -> dict[str, Any]:

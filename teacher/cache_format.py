@@ -54,7 +54,7 @@ import numpy as np
 from safetensors.torch import save_file
 from torch import Tensor
 
-from recdistill.atomic import atomic_path, sha256_file, write_json
+from recdistill.atomic import atomic_path, item_space_hash, sha256_file, write_json
 from recdistill.data.schema import EXAMPLE_STRIDE
 
 __all__ = [
@@ -119,13 +119,6 @@ class MissingSignalError(KeyError):
 
 
 # --------------------------------------------------------------------------- hashing / io
-def item_space_hash(item_ids: Sequence[Any] | np.ndarray) -> str:
-    """sha256 over the ordered raw item ids (item index i <-> item_ids[i - 1])."""
-    digest = hashlib.sha256()
-    digest.update(str(len(item_ids)).encode())
-    for raw in item_ids:
-        digest.update(b"\x00" + str(raw).encode())
-    return digest.hexdigest()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -103,13 +103,6 @@ def test_metadata_and_sidecars_from_a_student_folder(tmp_path: Path) -> None:
         "sasrec.items.json", "sasrec.onnx", "sasrec.provenance.json"]
 
 
-def test_item_space_hash_matches_the_teacher_cache() -> None:
-    from recdistill.teacher.signals import item_space_hash as teacher_hash
-
-    for ids in ([1, 2, 3], ["a", "b"], []):
-        assert item_space_hash(ids) == teacher_hash(ids)
-
-
 @pytest.mark.parametrize("name", SEQUENTIAL)
 def test_serving_graph_equals_masked_torch_topk(name: str, tmp_path: Path) -> None:
     model = student(name)
