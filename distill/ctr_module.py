@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recdistill.distill.registry import DISTILL_LOSSES
-from recdistill.distill.terms import TEACHER_SIGNALS, DistillTerm, TermSpec, declared_inputs, teacher_dims_for
+from recdistill.distill.terms import (
+    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, declared_inputs, teacher_dims_for,
+)
 from recdistill.student.tasks import CTRFactory, CTRRecommender
 
 CTR_CONTEXT = frozenset({"student_logits", "teacher_logits", "label", "student_hidden", "teacher_hidden",
@@ -106,18 +108,8 @@ class DistilledCTRRecommender(CTRRecommender):
     # -- training ----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.task_loss(batch)
-        size = batch["label"].shape[0]
-        self.log("train/task_loss", out.loss, batch_size=size)
-        total = out.loss
-        if len(self.terms):
-            context, coverage = self._context(out, batch)
-            self.log("distill/coverage", coverage, batch_size=size)
-            for term in self.terms:
-                value = term(context) if context is not None else out.loss.new_zeros(())
-                self.log(f"distill/{term.label}", value, batch_size=size)
-                total = total + term.weight * value
-        self.log("train/loss", total, prog_bar=True, batch_size=size)
-        return total
+        context, coverage = self._context(out, batch) if len(self.terms) else (None, 0.0)
+        return add_terms(self, out.loss, self.terms, context, coverage, batch["label"].shape[0])
 
     def _context(self, out: Any, batch: dict[str, Tensor]) -> tuple[dict[str, Any] | None, float]:
         example_ids = batch["example_id"].detach().cpu()

@@ -27,7 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from recdistill.distill.embedding import TeacherEmbeddingFusion, pca_init
-from recdistill.distill.terms import TEACHER_SIGNALS, DistillTerm, TermSpec, declared_inputs, teacher_dims_for
+from recdistill.distill.terms import (
+    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, declared_inputs, teacher_dims_for,
+)
 from recdistill.distill.registry import DISTILL_LOSSES
 from recdistill.student.tasks import SequentialFactory, SequentialRecommender
 
@@ -158,24 +160,13 @@ class DistilledSequentialRecommender(SequentialRecommender):
     # -- training ----------------------------------------------------------------------
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.task_loss(batch)
-        size = batch["input_ids"].shape[0]
-        self.log("train/task_loss", out.loss, batch_size=size)
-        total = out.loss
-        if len(self.terms):
-            example_ids = getattr(out, "example_ids", None)
-            if example_ids is None:
-                example_ids = batch["example_ids"][out.positions]
-            context, coverage = self._context(out, example_ids)
-            self.log("distill/coverage", coverage, batch_size=size)
-            for term in self.terms:
-                value = term(context) if context is not None else out.loss.new_zeros(())
-                self.log(f"distill/{term.label}", value, batch_size=size)
-                total = total + term.weight * value
-        self.log("train/loss", total, prog_bar=True, batch_size=size)
-        return total
+        context, coverage = self._context(out, batch) if len(self.terms) else (None, 0.0)
+        return add_terms(self, out.loss, self.terms, context, coverage, batch["input_ids"].shape[0])
 
-    def _context(self, out: Any, example_ids: Tensor) -> tuple[dict[str, Any] | None, float]:
+    def _context(self, out: Any, batch: dict[str, Tensor]) -> tuple[dict[str, Any] | None, float]:
         """The context entries the terms read, over the covered rows only (None if none is covered)."""
+        example_ids = out.example_ids if getattr(out, "example_ids", None) is not None \
+            else batch["example_ids"][out.positions]
         found, valid = self.signals.lookup(example_ids.detach().cpu(), self._cache_keys)
         coverage = float(valid.float().mean()) if valid.numel() else 0.0
         if not bool(valid.any()):

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -150,6 +150,23 @@ class DistillTerm(nn.Module):
         return self.loss(**values)
 
 
+def add_terms(module: Any, task_loss: Tensor, terms: Sequence[DistillTerm],
+              context: Mapping[str, Any] | None, coverage: float, batch_size: int) -> Tensor:
+    """``task_loss + Σ weight · term(context)``, logging every part on ``module`` (a LightningModule):
+    ``train/task_loss``, ``distill/coverage``, ``distill/<label>`` and ``train/loss``. A batch
+    without any covered row (``context is None``) adds zero."""
+    module.log("train/task_loss", task_loss, batch_size=batch_size)
+    total = task_loss
+    if len(terms):
+        module.log("distill/coverage", coverage, batch_size=batch_size)
+        for term in terms:
+            value = term(context) if context is not None else task_loss.new_zeros(())
+            module.log(f"distill/{term.label}", value, batch_size=batch_size)
+            total = total + term.weight * value
+    module.log("train/loss", total, prog_bar=True, batch_size=batch_size)
+    return total
+
+
 def teacher_dims_for(inputs: Mapping[str, str], signal_dims: Mapping[str, int]) -> dict[str, int]:
     """``teacher_dim`` (and ``num_teacher_layers``) for a term from the cache signals it reads."""
     dims: dict[str, int] = {}
@@ -163,4 +180,4 @@ def teacher_dims_for(inputs: Mapping[str, str], signal_dims: Mapping[str, int]) 
 
 
 __all__ = ["TEACHER_SIGNALS", "CONTEXT_KEYS", "TermSpec", "TermConfigError", "DistillTerm", "declared_inputs",
-           "teacher_dims_for"]
+           "teacher_dims_for", "add_terms"]
