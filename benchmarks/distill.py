@@ -113,6 +113,62 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     return payload
 
 
+def measure_epoch_cost(signals: str | Path, variants: list[str] | None = None, repeats: int = 3,
+                       recipe: str = DISTILL_RECIPE) -> dict[str, Any]:
+    """Seconds of one training epoch (no validation) of the plain student and of each distilled
+    variant, measured back to back in this process and alternated ``repeats`` times, so that a
+    shared machine's load hits every configuration alike; reports medians and ratios to plain."""
+    import lightning as L
+
+    from recdistill.distill.module import DistilledSequentialRecommender
+    from recdistill.student.fit import read_recipe
+    from recdistill.data import SequentialDataModule
+    from recdistill.student import build_student
+    from recdistill.student.tasks import SequentialRecommender
+
+    config = read_recipe(recipe_path(recipe))
+    datamodule = SequentialDataModule(**config["data"])
+    student_args = config["model"]["student"]["init_args"]
+    names = ["plain", *(variants or [BEST])]
+
+    def one_epoch(name: str) -> float:
+        L.seed_everything(0, verbose=False)
+        student = build_student("sasrec", num_items=datamodule.num_items, **student_args)
+        if name == "plain":
+            module = SequentialRecommender(student)
+        else:
+            model = _override_model(config["model"], VARIANTS[name])
+            module = DistilledSequentialRecommender(student, signals=str(signals), num_items=datamodule.num_items,
+                                                    terms=model.get("terms") or [],
+                                                    embedding_fusion=model.get("embedding_fusion"),
+                                                    item_embedding_init=model.get("item_embedding_init"))
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        return time.perf_counter() - start
+
+    seconds: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            seconds[name].append(round(one_epoch(name), 3))
+    plain = statistics.median(seconds["plain"])
+    return {"threads": torch.get_num_threads(), "repeats": repeats, "seconds": seconds,
+            "median_seconds": {name: statistics.median(v) for name, v in seconds.items()},
+            "ratio_to_plain": {name: round(statistics.median(v) / plain, 3) for name, v in seconds.items()}}
+
+
+def _override_model(model: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The recipe's model section with a variant's ``--model.key=value`` overrides applied."""
+    import yaml
+
+    out = dict(model)
+    for item in overrides:
+        key, _, value = item.partition("=")
+        out[key.removeprefix("--model.")] = yaml.safe_load(value)
+    return out
+
+
 def _teacher_run(output_dir: Path, seed: int, extra: list[str]) -> dict[str, Any]:
     """Fit, evaluate and emit the teacher recipe for ``seed`` (reused when its inputs are unchanged)."""
     from recdistill.benchmarks.teacher import _collaborative_run, _fit_and_evaluate

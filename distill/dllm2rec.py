@@ -31,17 +31,23 @@ def student_topk_membership(
     """Bool ``[B, K]``: is ``item_ids[b, j]`` in the student's current top-``k`` (detached)?
 
     The padding column 0 (and ``history`` if given) is excluded from the student's ranking.
-    Missing ids (0) are never members.
+    Missing ids (0) are never members. Items tied with the k-th best score count as members.
     """
     with torch.no_grad():
         scores = student_logits.detach()
-        excl = excluded_columns(scores, history)
-        ranked = scores.masked_fill(excl, float("-inf"))
-        k_eff = max(0, min(int(k), scores.shape[1]))
-        vals, top = ranked.topk(k_eff, dim=1)
-        top = torch.where(vals > float("-inf"), top, torch.full_like(top, -1))
-        member = (item_ids.long().unsqueeze(2) == top.unsqueeze(1)).any(dim=2)
-        return member & (item_ids > 0)
+        ids = item_ids.long()
+        if history is None:  # only the padding column is excluded: rank the view [:, 1:], no copy
+            ranked, excluded_ids = scores[:, 1:], ids <= 0
+        else:
+            excl = excluded_columns(scores, history)
+            ranked, excluded_ids = scores.masked_fill(excl, float("-inf"))[:, 1:], excl.gather(1, ids.clamp_min(0))
+        k_eff = max(0, min(int(k), ranked.shape[1]))
+        if k_eff == 0:
+            return torch.zeros_like(ids, dtype=torch.bool)
+        # the k-th best score is the threshold (no sort needed); ties at the threshold count as members
+        threshold = ranked.topk(k_eff, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+        member = (scores.gather(1, ids.clamp_min(0)) >= threshold) & (threshold > float("-inf"))
+        return member & ~excluded_ids & (ids > 0)
 
 
 @register_loss("dllm2rec")
