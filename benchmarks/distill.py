@@ -77,8 +77,6 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     started = time.time()
     runs: list[dict[str, Any]] = []
     teachers = {seed: _teacher_run(output_dir, seed, []) for seed in teacher_seeds}
-    if control:
-        teachers["control"] = _teacher_run(output_dir, teacher_seeds[0], ["--model.random_init_layers=true"])
     for seed in seeds:  # the vanilla baseline is the teacher's own collaborative run
         vanilla = _collaborative_run(output_dir, seed)
         runs.append({**json.loads((vanilla / "metrics.json").read_text()), "variant": "vanilla", "seed": seed})
@@ -101,7 +99,8 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     best = max(screen, key=lambda name: screen[name]["valid"]["ndcg@10"])
     for seed in seeds[1:]:
         distil(best, seed, teacher, VARIANTS[best])
-    if control:
+    if control:  # last: the most expensive part that is not a distilled student
+        teachers["control"] = _teacher_run(output_dir, teacher_seeds[0], ["--model.random_init_layers=true"])
         for seed in seeds:
             distil(f"{best}, control teacher (random-init LLM layers)", seed, teachers["control"], VARIANTS[best])
     payload = _payload(runs, seeds, teachers, started, best)
