@@ -191,3 +191,29 @@ def test_distilled_student_beats_plain_student_when_the_teacher_knows_the_patter
 
     plain, distilled = test_ndcg(False), test_ndcg(True)
     assert distilled > plain + 0.03, (plain, distilled)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("sasrec", dict(hidden_size=16, num_layers=2, num_heads=1, dropout=0.0, max_len=8)),
+    ("gru4rec", dict(hidden_size=16, dropout=0.0)),
+    ("caser", dict(hidden_size=16, dropout=0.0)),
+    ("bert4rec", dict(hidden_size=16, num_layers=2, num_heads=1, dropout=0.0, max_len=9)),
+])
+def test_every_sequential_student_distils_with_response_and_feature_terms(name, kwargs, split, datamodule,
+                                                                         every_third):
+    torch.manual_seed(0)
+    student = build_student(name, num_items=split.num_items, **kwargs)
+    module = DistilledSequentialRecommender(
+        student, signals=str(every_third), num_items=split.num_items, embedding_fusion={"w_ed": 0.25},
+        terms=[{"name": "dllm2rec", "params": {"student_output": "softmax", "distance": "cosine"}},
+               {"name": "hidden_state", "weight": 0.1}, {"name": "multilayer", "weight": 0.1}])
+    logged: dict[str, float] = {}
+    module.log = lambda key, value, **kw: logged.__setitem__(key, float(value.detach() if hasattr(value, "detach") else value))  # type: ignore[method-assign]
+    loss = module.training_step(_batch(datamodule), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and 0 < logged["distill/coverage"] < 1
+    assert all(logged[f"distill/{t}"] > 0 for t in ("dllm2rec", "hidden_state", "multilayer"))
+    x = torch.tensor([[0, 0, 3, 5, 7, 1, 2, 9]])
+    module.eval()
+    with torch.no_grad():
+        assert torch.allclose(module.student(x), module.plain_student()(x), atol=1e-5)

@@ -69,3 +69,23 @@ def test_top_k_truncates_the_teacher_list():
 def test_bad_params_are_reported_with_the_term_label():
     with pytest.raises(TermConfigError, match="distillation term 'rd'.*lam must be > 0"):
         DistillTerm(TermSpec.parse({"name": "rd", "params": {"lam": 0}}, 0), {})
+
+
+def test_packaged_distillation_recipes_name_valid_terms_for_their_task():
+    from pathlib import Path
+
+    import yaml
+
+    from recdistill.distill.ctr_module import CTR_CONTEXT
+    from recdistill.student.fit import student_task
+
+    recipes = sorted(Path(__file__).parents[1].joinpath("recipes").glob("ml100k_*_d*.yaml"))
+    recipes = [r for r in recipes if "distill" in r.stem or "dllm2rec" in r.stem]
+    assert len(recipes) >= 7
+    for path in recipes:
+        config = yaml.safe_load(path.read_text())
+        terms = [TermSpec.parse(entry, i) for i, entry in enumerate(config["model"]["terms"])]
+        assert terms and config["model"]["signals"], path.name
+        if student_task(config) == "ctr":
+            for term in terms:
+                assert set(declared_inputs(DISTILL_LOSSES[term.name], term.params).values()) <= CTR_CONTEXT, path.name
