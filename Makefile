@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 
 setup: $(STAMP)
 
+# data -> teacher fit/emit/eval -> vanilla + distilled students -> compress -> ONNX -> profile -> report
 quickstart: $(STAMP)
-	$(BIN)/recdistill quickstart --output-dir runs/quickstart
+	$(BIN)/recdistill run recipes/quickstart.yaml --output-dir runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -6,11 +6,13 @@
     recdistill teacher fit|emit|eval --config recipes/quickstart_teacher.yaml --output-dir DIR
     recdistill distill fit --config recipes/ml100k_sasrec_dllm2rec.yaml --output-dir DIR
     recdistill compress --student DIR --config recipes/compress_sasrec.yaml --output-dir OUT
-    recdistill export --student DIR --output OUT.onnx [--serving --k 10]
+    recdistill export --student DIR --output OUT.onnx [--serving] [--k 10]
     recdistill profile --onnx FILE | --student DIR [--batch-sizes 1 256] [--threads 1 2]
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
     recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
+    recdistill run RECIPE --output-dir DIR
+    recdistill compare RUN_DIR [RUN_DIR ...] [--output-dir OUT]
     recdistill quickstart [--output-dir runs/quickstart]
 
 Recipe overrides after the known options are passed to LightningCLI (``--section.key value``).
@@ -114,6 +116,27 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace, rest: list[str]) -> int:
+    from recdistill.run import run_recipe
+
+    run_recipe(args.recipe, args.output_dir)
+    return 0
+
+
+def _compare(args: argparse.Namespace, rest: list[str]) -> int:
+    from pathlib import Path
+
+    from recdistill.report import compare_runs
+
+    missing = [d for d in args.run_dirs if not (Path(d) / "run.json").is_file()]
+    if missing:
+        raise ConfigError(f"not a run folder (no run.json): {', '.join(missing)}; make one with `recdistill run`")
+    output = args.output_dir or (str(Path(args.run_dirs[0]) / "report") if len(args.run_dirs) == 1 else "compare")
+    path = compare_runs(args.run_dirs, output)
+    print(f"wrote {path} (+ report.json and plots)")
+    return 0
+
+
 def _quickstart(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.quickstart import run_quickstart
 
@@ -190,6 +213,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_compress_commands(commands)
     add_export_commands(commands)
+
+    run = commands.add_parser("run", help="a run recipe end to end (data, teacher, students, compress, export, "
+                                          "profile, report) into one run folder; finished stages are skipped")
+    run.add_argument("recipe", help="run recipe file or packaged name, e.g. recipes/quickstart.yaml")
+    run.add_argument("--output-dir", required=True)
+    run.set_defaults(handler=_run)
+
+    compare = commands.add_parser("compare", help="report.md + report.json + plots from one or more run folders")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--output-dir", default=None, help="default: RUN_DIR/report (one run), ./compare (several)")
+    compare.set_defaults(handler=_compare)
 
     quick = commands.add_parser("quickstart", help="the quickstart recipe end to end on MovieLens-100K + SmolLM2")
     quick.add_argument("--output-dir", default="runs/quickstart")

@@ -103,6 +103,8 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
     valid = _strip(trainer.validate(model, datamodule=datamodule, verbose=False)[0], "valid/")
     test = _strip(trainer.test(model, datamodule=datamodule, verbose=False)[0], "test/")
     epochs = trainer.current_epoch
+    plain = getattr(model, "plain_student", None)
+    student = plain() if plain else model.student  # what is saved and served (no training adapters)
     metrics = {
         "task": task,
         "student": getattr(model.student, "registry_name", type(model.student).__name__),
@@ -111,15 +113,15 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
         "selected_on": monitor,
         "best_epoch": int(best["epoch"]),
         "epochs": int(epochs),
-        "num_parameters": sum(p.numel() for p in model.student.parameters()),
+        "num_parameters": sum(p.numel() for p in student.parameters()),
+        "training_parameters": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(train_seconds, 3),
         "seconds_per_epoch": round(train_seconds / max(epochs, 1), 3),
         "mask_seen": getattr(model, "mask_seen", None),
         "dataset_fingerprint": getattr(datamodule, "fingerprint", None),
         "threads": torch.get_num_threads(),
     }
-    plain = getattr(model, "plain_student", None)
-    save_student(plain() if plain else model.student, output_dir / "student")
+    save_student(student, output_dir / "student")
     write_json(output_dir / "metrics.json", metrics)
     return metrics
 
