@@ -83,6 +83,7 @@ class DistilledCTRRecommender(CTRRecommender):
 
     # -- set-up ------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is None:
             return

@@ -143,6 +143,7 @@ class DistilledSequentialRecommender(SequentialRecommender):
 
     def setup(self, stage: str) -> None:
         """Refuse a cache emitted for another dataset or item-id space than the one being trained on."""
+        super().setup(stage)  # the slice counts of the evaluation
         split = getattr(getattr(self.trainer, "datamodule", None), "split", None)
         if split is None:
             return

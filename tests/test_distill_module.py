@@ -217,3 +217,14 @@ def test_every_sequential_student_distils_with_response_and_feature_terms(name, 
     module.eval()
     with torch.no_grad():
         assert torch.allclose(module.student(x), module.plain_student()(x), atol=1e-5)
+
+
+def test_distilled_evaluation_reports_the_cold_rare_warm_slices(split, datamodule, every_third):
+    module = DistilledSequentialRecommender(_student(split), signals=str(every_third), num_items=split.num_items,
+                                            terms=[{"name": "rd"}])
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_train_batches=1)
+    trainer.fit(module, datamodule=datamodule)
+    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    counts = [test[f"test/{s}/count"] for s in ("cold", "rare", "warm")]
+    assert sum(counts) == split.num_users
