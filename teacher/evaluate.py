@@ -1,11 +1,22 @@
 """Evaluate a teacher exactly like a student: full ranking, seen items masked, same metric keys.
 
 ``metrics.json`` = ``{"valid": {...}, "test": {...}, "long_tail": {"threshold", "valid": {...},
-"test": {...}}, "num_parameters", "trainable_parameters", "latency": {"p50_ms", "p99_ms",
-"sequences_per_second", "threads", ...}, "protocol": "...", "untuned_llm": {...}}``.
-``untuned_llm`` (teachers with a frozen text table) is a zero-shot baseline from the untuned
-LLM's item-text embeddings, to show what fine-tuning adds. Long-tail metrics are over the
-examples whose target item has at most ``long_tail_threshold`` training interactions.
+"test": {...}}, "fusion": {...}, "baselines": {...}, "num_parameters", "trainable_parameters",
+"latency": {"p50_ms", "p99_ms", "sequences_per_second", "threads", ...}, "protocol": "...",
+"untuned_llm": {...}}``.
+
+``valid`` / ``test`` hold the overall metrics (``ndcg@10`` ...) and the same metrics on the
+slices of the targets by their training count, with the students' keys
+(:func:`recdistill.metrics.sliced_ranking_metrics`): ``cold/ndcg@10``, ``cold/count`` (0
+interactions), ``rare/...`` (1-10), ``warm/...`` (> 10). ``fusion`` holds each part of the
+teacher alone, in the same keys: ``content_only`` (text vectors alone: no residual, no
+collaborative part, no bias) and, for a hybrid teacher, ``llm_only`` / ``collaborative_only``
+(``alpha`` = 1 / 0) with the chosen ``alpha``; with the cold gate, ``collaborative_only`` still
+scores an item without training interactions by the LLM (the gate replaces its CF logit). ``baselines`` holds the training-free rankers in the same keys, so a
+table can put them beside the teacher: ``most_popular``, ``text_tfidf`` (TF-IDF cosine over the
+item texts, :mod:`recdistill.baselines`) and ``untuned_llm`` (cosine of the untuned LLM's
+item-text embeddings; also kept at the top level). Long-tail metrics (kept for older readers)
+are over the examples whose target item has at most ``long_tail_threshold`` training interactions.
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from recdistill.metrics import RankingAccumulator, ranking_metrics_from_ranks
+from recdistill.metrics import RankingAccumulator, ranking_metrics_from_ranks, sliced_ranking_metrics
 from recdistill.teacher.cache_format import atomic_write_json
 
 
@@ -96,6 +107,7 @@ def evaluate_untuned_llm(item_text_embeddings: torch.Tensor, datamodule: Any, *,
         emb = torch.cat([torch.zeros(1, emb.shape[1]), emb], 0)
     items = torch.nn.functional.normalize(emb, dim=-1)
     out: dict[str, Any] = {"method": f"cosine(mean text embedding of the last {last_n} items, item text embedding)"}
+    counts = torch.from_numpy(datamodule.split.item_train_counts())
     for which in splits:
         acc = RankingAccumulator(ks=ks)
         for batch in datamodule.dataloader(which):
@@ -103,7 +115,42 @@ def evaluate_untuned_llm(item_text_embeddings: torch.Tensor, datamodule: Any, *,
             user = (emb[recent] * (recent > 0).unsqueeze(-1)).sum(1)
             scores = torch.nn.functional.normalize(user, dim=-1) @ items.t()
             acc.update(scores, batch["target"], batch["history"], mask_seen=mask_seen)
-        out[which] = acc.compute()
+        out[which] = _sliced(acc, counts, ks)
+    return out
+
+
+def _sliced(acc: RankingAccumulator, counts: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
+    """Overall + cold/rare/warm metrics (with counts) of an accumulator, the students' keys."""
+    return sliced_ranking_metrics(acc.ranks(), acc.targets(), counts, ks)
+
+
+@torch.no_grad()
+def evaluate_baselines(datamodule: Any, *, splits: Sequence[str] = ("valid", "test"), ks: Sequence[int] = (5, 10, 20),
+                       mask_seen: bool = True, last_n: int = 5) -> dict[str, Any]:
+    """MostPopular and the TF-IDF text cosine (``recdistill.baselines``) in the sliced keys."""
+    from recdistill.baselines import text_tfidf_scores, tfidf_item_matrix
+
+    split = datamodule.split
+    counts = torch.from_numpy(split.item_train_counts())
+    pop = counts.float()
+    out: dict[str, Any] = {
+        "most_popular": {"method": "training count"},
+        "text_tfidf": {"method": f"cosine(TF-IDF of the item text, mean TF-IDF of the last {last_n} items)"},
+    }
+    matrix = tfidf_item_matrix(split.item_text)[0] if getattr(split, "item_text", None) else None
+    for which in splits:
+        accs = {"most_popular": RankingAccumulator(ks=ks), "text_tfidf": RankingAccumulator(ks=ks)}
+        for batch in datamodule.dataloader(which):
+            b = batch["target"].shape[0]
+            accs["most_popular"].update(pop.expand(b, -1), batch["target"], batch["history"], mask_seen=mask_seen)
+            if matrix is not None:
+                scores = text_tfidf_scores(matrix, batch["history"], last_n)
+                accs["text_tfidf"].update(scores, batch["target"], batch["history"], mask_seen=mask_seen)
+        for name, acc in accs.items():
+            if acc.num_examples:
+                out[name][which] = _sliced(acc, counts, ks)
+    if matrix is None:
+        del out["text_tfidf"]
     return out
 
 
@@ -132,7 +179,7 @@ def evaluate_teacher(
                                  "definition": "target item has <= threshold training interactions"}
     for which in splits:
         acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
-        result[which] = acc.compute()
+        result[which] = _sliced(acc, counts, ks)
         ranks, targets = acc.ranks(), acc.targets()
         tail = counts[targets] <= long_tail_threshold
         entry: dict[str, Any] = {"num_examples": int(tail.sum())}
@@ -140,26 +187,44 @@ def evaluate_teacher(
             entry.update(ranking_metrics_from_ranks(ranks[tail], ks))
         long_tail[which] = entry
     result["long_tail"] = long_tail
+    fusion: dict[str, Any] = {}
     alpha = getattr(module, "fusion_alpha", None)
     if alpha is not None:  # an ensemble teacher: each part alone, for the record
         chosen = float(alpha)
-        result["fusion"] = {"alpha": chosen, "definition": "alpha * LLM teacher logits + (1 - alpha) * collaborative logits"}
+        fusion.update({"alpha": chosen,
+                       "definition": "alpha * LLM teacher logits + (1 - alpha) * collaborative logits"})
         try:
             for name, value in (("llm_only", 1.0), ("collaborative_only", 0.0)):
                 alpha.fill_(value)
                 part: dict[str, Any] = {}
                 for which in splits:
                     acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
-                    part[which] = acc.compute()
+                    part[which] = _sliced(acc, counts, ks)
                     tail = counts[acc.targets()] <= long_tail_threshold
                     if bool(tail.any()):
                         part[f"long_tail_{which}"] = ranking_metrics_from_ranks(acc.ranks()[tail], ks)
-                result["fusion"][name] = part
+                fusion[name] = part
         finally:
             alpha.fill_(chosen)
+    if getattr(module, "has_content_part", lambda: False)():  # the text vectors alone (the cold-item path)
+        part = {"definition": "scale * cosine(user, text vector): no residual, collaborative part or bias"}
+        for which in splits:
+            acc = RankingAccumulator(ks=ks)
+            device = next(module.parameters()).device
+            with torch.no_grad():
+                for batch in datamodule.dataloader(which):
+                    scores = module.score_content(module.encode(batch["input_ids"].to(device))["user"][:, -1])
+                    acc.update(scores, batch["target"].to(device), batch["history"].to(device), mask_seen=mask_seen)
+            part[which] = _sliced(acc, counts, ks)
+        fusion["content_only"] = part
+    if fusion:
+        result["fusion"] = fusion
     text_emb = getattr(module, "item_text_emb", None)  # frozen LLM item embeddings (fusion / frozen tables)
+    baselines = evaluate_baselines(datamodule, splits=splits, ks=ks, mask_seen=mask_seen)
     if text_emb is not None:
         result["untuned_llm"] = evaluate_untuned_llm(text_emb, datamodule, splits=splits, ks=ks, mask_seen=mask_seen)
+        baselines["untuned_llm"] = result["untuned_llm"]
+    result["baselines"] = baselines
     result["num_parameters"] = int(sum(p.numel() for p in module.parameters()))
     result["trainable_parameters"] = int(sum(p.numel() for p in module.parameters() if p.requires_grad))
     result["protocol"] = "full ranking, leave-one-out, " + ("seen items masked" if mask_seen else "seen items not masked")

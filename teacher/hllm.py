@@ -7,6 +7,18 @@ LoRA on q/k/v/o through peft) --> final norm --> linear out = user state [B, L, 
 logits = learnable scale x cosine(user state, item table) over items 1..N (column 0 = padding,
 always ``-inf``). Training: full-softmax cross-entropy at every position in one forward pass.
 
+Cold items (issue 7): with ``cold_gate_count = c`` every free per-item part (fusion residual,
+trainable table's move away from its text init, projected collaborative embedding, item bias,
+collaborative model's logits) is scaled by ``g_i = min(1, count_i / c)`` (``count_i`` = the item's
+training interactions), so an item without interactions is scored from its text alone (its bias
+is the trained items' mean bias, its collaborative logit is replaced by the LLM logit), and its
+untrained rows have no effect. ``logq`` adds ``logq * log(popularity)`` to the training logits
+only (popularity correction / logit adjustment), so the scores need not push unseen items down;
+``content_dropout`` scores a share of the training rows with the text vectors alone (DropoutNet /
+CLCRec), and ``content_loss_weight`` adds the content-only cross-entropy as a second head;
+``text_pooling`` / ``text_layers`` / ``text_only_pooling`` choose
+how item texts are pooled (see :mod:`recdistill.teacher.item_encoder`).
+
 Checkpoint (``save_pretrained``): peft adapter in ``save_pretrained`` format + head/table weights
 (``head.safetensors``) + ``teacher.json`` (init args, base-model reference, dataset
 fingerprint); the frozen base is reloaded from its source by ``from_pretrained``.
@@ -29,6 +41,14 @@ from safetensors.torch import load_file, save_file
 from recdistill.atomic import atomic_directory
 from torch import Tensor, nn
 
+from recdistill.teacher.collaborative import (  # noqa: F401  (re-exported: the hybrid teacher's CF part)
+    COLLABORATIVE_FUSIONS,
+    FUSION_GRID,
+    collaborative_score_table,
+    load_collaborative_embeddings,
+    load_collaborative_model,
+    mix_logits,
+)
 from recdistill.teacher.loading import BaseModelRef, load_base_model
 
 ITEM_TABLE_MODES = ("trainable", "fusion", "frozen")
@@ -83,6 +103,16 @@ class HLLMTeacher(L.LightningModule):
             checkpoint (pass it again to ``from_pretrained`` / ``load_teacher`` / ``--trust-remote-code``).
         base_revision: hub revision (branch, tag or commit) of ``base_model``; checkpoints record the
             resolved commit and reload exactly that.
+        text_pooling / text_layers / text_only_pooling: item-text pooling (``"mean"`` or ``"last"``
+            token; hidden-state indices averaged, 0 = token embeddings, default last layer; leave
+            the template's prefix out of the mean).
+        cold_gate_count: ``c`` of the cold-item gate ``min(1, count / c)`` (None: no gate).
+        item_train_counts: training interactions per item index ``[N + 1]`` (gate and ``logq``);
+            default: read from the trainer's data module at ``fit``; saved with the head.
+        logq: weight of the popularity correction: training logits ``+ logq * log q_i``, ``q_i`` the
+            item's smoothed training share (logit adjustment); scoring is unchanged.
+        content_dropout: probability that a training row is scored with the text vectors alone.
+        content_loss_weight: weight of an extra cross-entropy on the text-only scores.
     """
 
     _needs_tokenizer = False  # subclass hooks (see TextPromptTeacher)
@@ -127,8 +157,20 @@ class HLLMTeacher(L.LightningModule):
         base_revision: str | None = None,
         tokenizer: Any = None,
         progress: bool = True,
+        text_pooling: str = "mean",
+        text_layers: list[int] | None = None,
+        text_only_pooling: bool = False,
+        cold_gate_count: float | None = None,
+        item_train_counts: Any = None,
+        logq: float = 0.0,
+        content_dropout: float = 0.0,
+        content_loss_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if cold_gate_count is not None and not cold_gate_count > 0:
+            raise ValueError(f"cold_gate_count must be > 0 or None, got {cold_gate_count}")
+        if not 0.0 <= content_dropout <= 1.0:
+            raise ValueError(f"content_dropout must be in [0, 1], got {content_dropout}")
         if item_table not in ITEM_TABLE_MODES:
             raise ValueError(f"item_table must be one of {ITEM_TABLE_MODES}, got {item_table!r}")
         if num_items < 1:
@@ -136,7 +178,7 @@ class HLLMTeacher(L.LightningModule):
         lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
         eval_ks = list(eval_ks or [5, 10, 20])
         self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer", "collaborative_embeddings",
-                                          "collaborative_model"])
+                                          "collaborative_model", "item_train_counts"])
         self.collaborative_model_source = (None if collaborative_model is None
                                            else str(collaborative_model) if not isinstance(collaborative_model, nn.Module)
                                            else "<module>")
@@ -185,10 +227,13 @@ class HLLMTeacher(L.LightningModule):
         del model
 
         padded = torch.cat([torch.zeros(1, d_item), text_emb.float()], 0)
+        content_features = cold_gate_count is not None or content_dropout > 0 or content_loss_weight > 0
         if item_table == "trainable":
             self.item_emb = nn.Embedding(num_items + 1, d_item, padding_idx=0)
             with torch.no_grad():
                 self.item_emb.weight.copy_(padded)
+            if content_features:  # the text vectors stay available: the gate's prior, the content head
+                self.register_buffer("item_text_emb", padded.clone(), persistent=True)
         else:
             self.register_buffer("item_text_emb", padded, persistent=True)
             if item_table == "fusion":
@@ -200,6 +245,14 @@ class HLLMTeacher(L.LightningModule):
             self.collab_proj = nn.Linear(collab.shape[1], d_item)
         if item_bias:
             self.item_bias = nn.Parameter(torch.zeros(num_items + 1))
+        self._counts_given = item_train_counts is not None
+        if cold_gate_count is not None or logq:
+            counts = (torch.zeros(num_items + 1) if item_train_counts is None
+                      else torch.as_tensor(item_train_counts, dtype=torch.float32).flatten().clone())
+            if counts.shape[0] != num_items + 1:
+                raise ValueError(f"item_train_counts has {counts.shape[0]} entries; expected num_items + 1 = "
+                                 f"{num_items + 1} (index 0 = padding)")
+            self.register_buffer("item_train_count", counts, persistent=True)
         if collaborative_model is not None:  # frozen CF recommender; the LLM learns its residual
             if not self._uses_item_inputs:
                 raise ValueError(f"{type(self).__name__} does not support collaborative_model")
@@ -248,20 +301,69 @@ class HLLMTeacher(L.LightningModule):
             model, tokenizer, list(item_text), ref=ref, template=hp.text_template,
             max_length=hp.text_max_length, batch_size=hp.text_batch_size,
             cache_dir=hp.embedding_cache_dir, progress=hp.progress,
+            pooling=hp.text_pooling, layers=hp.text_layers, text_only=hp.text_only_pooling,
         )
+
+    def setup(self, stage: str) -> None:
+        """Read the per-item training counts from the trainer's data module (unless given)."""
+        if self._counts_given or not hasattr(self, "item_train_count"):
+            return
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        split = getattr(dm, "split", None)
+        if split is not None and hasattr(split, "item_train_counts"):
+            counts = torch.as_tensor(split.item_train_counts(), dtype=torch.float32)
+            if counts.shape == self.item_train_count.shape:
+                self.item_train_count.copy_(counts.to(self.item_train_count.device))
+
+    # ------------------------------------------------------------------ cold items
+    def cold_gate(self) -> Tensor | None:
+        """``g [N + 1] = min(1, count / cold_gate_count)`` (0 for items never seen in training), or None."""
+        c = self.hparams.get("cold_gate_count")
+        if c is None:
+            return None
+        return (self.item_train_count / float(c)).clamp(max=1.0)
+
+    def has_content_part(self) -> bool:
+        return hasattr(self, "item_text_emb")
+
+    def effective_item_bias(self) -> Tensor | None:
+        """Per-item bias ``[N + 1]`` as scored: gated toward the mean bias of the trained items."""
+        if not self.hparams.item_bias:
+            return None
+        g = self.cold_gate()
+        if g is None:
+            return self.item_bias
+        weight = g.clone()
+        weight[0] = 0.0
+        prior = (weight * self.item_bias).sum() / weight.sum().clamp_min(1e-6)
+        return g * self.item_bias + (1 - g) * prior
+
+    def score_content(self, user: Tensor) -> Tensor:
+        """Content-only logits ``[..., N + 1]``: scale x cosine(user, text vector); column 0 = ``-inf``."""
+        items = F.normalize(self.item_text_emb, dim=-1)
+        logits = self.logit_scale() * (F.normalize(user[..., :self.item_dim], dim=-1) @ items.t())
+        logits = logits.clone()
+        logits[..., 0] = -math.inf
+        return logits
 
     # ------------------------------------------------------------------ model
     def item_vectors(self) -> Tensor:
         """The item table used for input and scoring, ``[N + 1, d_item]`` (row 0 = padding)."""
         mode = self.hparams.item_table
+        g = self.cold_gate()
+        g = None if g is None else g.unsqueeze(-1)
         if mode == "trainable":
             table = self.item_emb.weight
+            if g is not None:  # a cold row keeps its text initialisation
+                table = self.item_text_emb + g * (table - self.item_text_emb)
         elif mode == "fusion":
-            table = self.item_text_emb + self.item_residual.weight
+            residual = self.item_residual.weight
+            table = self.item_text_emb + (residual if g is None else g * residual)
         else:
             table = self.item_text_emb
         if hasattr(self, "collab_proj"):
-            table = table + self.collab_proj(self.item_collab_emb)
+            collab = self.collab_proj(self.item_collab_emb)
+            table = table + (collab if g is None else g * collab)
         return table
 
     def train(self, mode: bool = True) -> "HLLMTeacher":
@@ -311,10 +413,11 @@ class HLLMTeacher(L.LightningModule):
             user, cf_state = user[..., :self.item_dim], user[..., self.item_dim:]
         logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
         if self.hparams.item_bias:
-            logits = logits + self.item_bias[start:stop]
+            logits = logits + self.effective_item_bias()[start:stop]
         if cf_state is not None and fuse:
             with torch.no_grad():
                 cf_logits = self.collab_model.score(cf_state)[..., start:stop]
+            cf_logits = self._gate_collaborative(logits, cf_logits, start, stop)
             if hasattr(self, "collab_weight"):
                 logits = logits + self.collab_weight * cf_logits
             else:
@@ -323,6 +426,18 @@ class HLLMTeacher(L.LightningModule):
             logits = logits.clone()
             logits[..., 0] = -math.inf
         return logits
+
+    def _gate_collaborative(self, teacher: Tensor, cf_logits: Tensor, start: int = 0,
+                            stop: int | None = None) -> Tensor:
+        """With the cold gate: ``g * cf + (1 - g) * teacher`` (ensemble; a cold item's CF logit is
+        replaced by the LLM's) or ``g * cf`` (joint); unchanged without a gate."""
+        g = self.cold_gate()
+        if g is None:
+            return cf_logits
+        g = g[start:stop].to(cf_logits)
+        if hasattr(self, "collab_weight"):
+            return g * cf_logits
+        return g * cf_logits + (1 - g) * teacher.masked_fill(torch.isinf(teacher), 0.0)
 
     # ------------------------------------------------------------------ scores as one dot product
     # (the signal cache stores score_factors per example and score_item_factors per item; see
@@ -340,17 +455,22 @@ class HLLMTeacher(L.LightningModule):
         """``[stop - start, D]``: the item side of :meth:`score_factors` (scale, item bias, fusion
         weight and the collaborative model's affine scoring folded in). Row 0 = padding."""
         items = self.normalized_items()[start:stop]
-        bias = self.item_bias[start:stop] if self.hparams.item_bias else items.new_zeros(items.shape[0])
+        bias = (self.effective_item_bias()[start:stop] if self.hparams.item_bias
+                else items.new_zeros(items.shape[0]))
         llm = self.logit_scale() * items
         if not hasattr(self, "collab_model"):
             return torch.cat([llm, bias.unsqueeze(-1)], -1)
         cf_w, cf_b = collaborative_score_table(self.collab_model)
         cf_w, cf_b = cf_w[start:stop].to(items), cf_b[start:stop].to(items)
-        if hasattr(self, "collab_weight"):  # joint: teacher + w * cf
-            a, c = torch.ones_like(self.collab_weight), self.collab_weight
-        else:  # ensemble: alpha * teacher + (1 - alpha) * cf
-            a, c = self.fusion_alpha, 1 - self.fusion_alpha
-        return torch.cat([a * llm, (a * bias + c * cf_b).unsqueeze(-1), c * cf_w], -1)
+        g = self.cold_gate()
+        g = items.new_ones(items.shape[0]) if g is None else g[start:stop].to(items)
+        if hasattr(self, "collab_weight"):  # joint: teacher + w * g * cf
+            a, c = torch.ones_like(g), self.collab_weight * g
+        else:  # ensemble: alpha * teacher + (1 - alpha) * (g * cf + (1 - g) * teacher)
+            a = self.fusion_alpha + (1 - self.fusion_alpha) * (1 - g)
+            c = (1 - self.fusion_alpha) * g
+        a, c = a.unsqueeze(-1), c.unsqueeze(-1)
+        return torch.cat([a * llm, a * bias.unsqueeze(-1) + c * cf_b.unsqueeze(-1), c * cf_w], -1)
 
     def score_blocks(self) -> list[dict[str, Any]]:
         """Column blocks of :meth:`score_factors` (recorded in the signal cache's manifest)."""
@@ -358,6 +478,10 @@ class HLLMTeacher(L.LightningModule):
         blocks = [{"name": "llm_cosine", "start": 0, "stop": d,
                    "user": "user_llm / |user_llm|", "item": "w_llm * logit_scale * item / |item|"},
                   {"name": "bias", "start": d, "stop": d + 1, "user": "1", "item": "w_llm * item_bias + w_cf * cf_bias"}]
+        if self.hparams.get("cold_gate_count") is not None:
+            blocks[0]["cold_gate"] = (f"g_i = min(1, train_count_i / {self.hparams.cold_gate_count}) scales every "
+                                      f"per-item part; ensemble per item: w_llm_i = alpha + (1 - alpha) * (1 - g_i), "
+                                      f"w_cf_i = (1 - alpha) * g_i; joint: w_cf_i = w * g_i")
         if hasattr(self, "collab_model"):
             d_cf = int(self.collab_model.hidden_size)
             fusion = "joint" if hasattr(self, "collab_weight") else "ensemble"
@@ -382,7 +506,39 @@ class HLLMTeacher(L.LightningModule):
         sel = labels > 0
         # ensemble fusion: the LLM learns on its own; the mixture weight is chosen on validation
         fuse = not hasattr(self, "fusion_alpha")
-        return F.cross_entropy(self.score_items(user[sel], fuse=fuse), labels[sel])
+        return self.training_loss(user[sel], labels[sel], fuse=fuse)
+
+    def log_popularity(self) -> Tensor:
+        """``log q_i`` with ``q_i = (count_i + 1) / sum(count + 1)`` over items 1..N (index 0: 0)."""
+        counts = self.item_train_count + 1.0
+        q = counts / counts[1:].sum()
+        out = q.log()
+        out[0] = 0.0
+        return out
+
+    def training_loss(self, user: Tensor, labels: Tensor, fuse: bool = True) -> Tensor:
+        """Cross-entropy of ``user`` rows ``[M, D]`` against ``labels [M]``, with the training-only options
+        (``logq``, ``content_dropout``, ``content_loss_weight``)."""
+        hp = self.hparams
+        logits = self.score_items(user, fuse=fuse)
+        # logit adjustment (Menon et al. 2021): training logits + logq * log q_i, so the scores themselves
+        # need not learn popularity, and items never (or rarely) seen are not pushed below everything
+        correction = hp.get("logq", 0.0) * self.log_popularity() if hp.get("logq", 0.0) else None
+        if correction is not None:
+            logits = logits + correction
+        p, w = hp.get("content_dropout", 0.0), hp.get("content_loss_weight", 0.0)
+        content = None
+        if (p > 0 and self.training) or w > 0:
+            content = self.score_content(user)
+            if correction is not None:
+                content = content + correction
+        if p > 0 and self.training:
+            rows = torch.rand(logits.shape[0], 1, device=logits.device) < p
+            logits = torch.where(rows, content, logits)
+        loss = F.cross_entropy(logits, labels)
+        if w > 0:
+            loss = loss + w * F.cross_entropy(content, labels)
+        return loss
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(batch)
@@ -406,7 +562,7 @@ class HLLMTeacher(L.LightningModule):
             return
         user = self.encode(batch["input_ids"])["user"][:, -1]
         teacher = self.score_items(user, fuse=False)
-        cf = self.collab_model.score(user[..., self.item_dim:])
+        cf = self._gate_collaborative(teacher, self.collab_model.score(user[..., self.item_dim:]))
         for alpha, acc in self._val_mix.items():
             acc.update(mix_logits(teacher, cf, alpha), batch["target"], batch.get("history"),
                        mask_seen=self.hparams.mask_seen)
@@ -639,96 +795,6 @@ def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
         torch.manual_seed(seed)
         for module in [*inner.layers.modules(), *inner.norm.modules()]:
             model._init_weights(module)
-
-
-COLLABORATIVE_FUSIONS = ("ensemble", "joint")
-FUSION_GRID = tuple(round(0.1 * i, 1) for i in range(11))  # LLM weight alpha in the logit mixture
-
-
-def mix_logits(teacher: Tensor, collaborative: Tensor, alpha: float | Tensor, padding_column: bool = True) -> Tensor:
-    """``alpha * teacher + (1 - alpha) * collaborative`` (a log-linear pool of the two softmaxes;
-    ranking-equivalent to a weighted sum of their log-probabilities), column 0 kept at ``-inf``."""
-    teacher = teacher.masked_fill(torch.isinf(teacher), 0.0) if padding_column else teacher
-    mixed = alpha * teacher + (1 - alpha) * collaborative
-    if padding_column:
-        mixed = mixed.clone()
-        mixed[..., 0] = -math.inf
-    return mixed
-
-
-@torch.no_grad()
-def collaborative_score_table(model: nn.Module) -> tuple[Tensor, Tensor]:
-    """``(W [N + 1, d], b [N + 1])`` with ``model.score(h) == h @ W.T + b`` for a student whose
-    ``score`` is affine in its state (SASRec/GRU4Rec: the item table, no bias; Caser: its output
-    layer). Read off by probing ``score`` and checked on a random state; ValueError otherwise."""
-    d = int(model.hidden_size)
-    param = next(model.parameters())
-    eye = torch.eye(d, dtype=param.dtype, device=param.device)
-    zero = torch.zeros(1, d, dtype=param.dtype, device=param.device)
-    b = model.score(zero)[0]
-    w = (model.score(eye) - b).t()
-    probe = torch.randn(3, d, generator=torch.Generator().manual_seed(0)).to(param)
-    want, got = model.score(probe), probe @ w.t() + b
-    if not torch.allclose(got, want, atol=1e-4 * (1 + float(want.abs().max())), rtol=1e-4):
-        raise ValueError(f"{type(model).__name__}.score is not affine in its state: the signal cache cannot "
-                         f"store this hybrid teacher's scores as a dot product")
-    return w.contiguous(), b.contiguous()
-
-
-def load_collaborative_model(source: Any, num_items: int) -> nn.Module:
-    """A trained sequential student (folder written by ``save_student`` or a module), frozen and
-    kept in eval mode; its next-item logits are added to the teacher's."""
-    from recdistill.student.io import load_student
-
-    if not isinstance(source, nn.Module) and not (Path(source) / "student.json").is_file():
-        raise FileNotFoundError(
-            f"model.collaborative_model={source} is not a trained student folder. Train it first, e.g. "
-            f"`recdistill student fit --config ml100k_sasrec_windows --output-dir runs/ml100k/sasrec_windows` "
-            f"(the folder is OUTPUT_DIR/student), or set model.collaborative_model to null")
-    model = source if isinstance(source, nn.Module) else load_student(source)
-    if getattr(model, "objective", None) != "next_item":
-        raise ValueError(f"collaborative_model must be a causal next-item student, got {type(model).__name__}")
-    if int(getattr(model, "num_items", -1)) != num_items:
-        raise ValueError(f"collaborative_model has num_items={getattr(model, 'num_items', None)} but the data has "
-                         f"{num_items}: was it trained on another dataset?")
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
-
-
-def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
-    """Frozen collaborative item table ``[N + 1, d]`` (row 0 = padding) for CoLLM/A-LLMRec-style
-    fusion: a trained student folder (its ``item_embedding.weight``), an embedding file, or a tensor.
-    Rows are standardised per dimension over items 1..N (padding row kept at 0)."""
-    if isinstance(source, Tensor):
-        table = source.detach().float().cpu()
-    else:
-        path = Path(source)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"model.collaborative_embeddings={path} does not exist. Train the collaborative student first, e.g. "
-                f"`recdistill student fit --config ml100k_sasrec_windows --output-dir runs/ml100k/sasrec_windows` "
-                f"(the folder is OUTPUT_DIR/student), or set model.collaborative_embeddings to null")
-        if path.is_dir():
-            weights = path / "model.safetensors"
-            if not weights.is_file():
-                raise FileNotFoundError(f"collaborative_embeddings={path} is not a student folder (no model.safetensors)")
-            state = load_file(str(weights))
-            if "item_embedding.weight" not in state:
-                raise KeyError(f"student in {path} has no item_embedding.weight to use as collaborative_embeddings")
-            table = state["item_embedding.weight"].float()
-        else:
-            table = load_item_embedding_file(path)
-    if table.shape[0] == num_items:
-        table = torch.cat([torch.zeros(1, table.shape[1]), table], 0)
-    if table.shape[0] != num_items + 1:
-        raise ValueError(f"collaborative_embeddings has {table.shape[0]} rows; expected {num_items} items "
-                         f"(or {num_items + 1} with a padding row): was it trained on another dataset?")
-    if not bool(table[1:].abs().sum()):
-        return table  # an all-zero placeholder (from_pretrained restores the real table)
-    body = table[1:]
-    body = (body - body.mean(0)) / body.std(0).clamp_min(1e-6)
-    return torch.cat([torch.zeros(1, table.shape[1]), body], 0)
 
 
 def load_teacher(directory: str | Path, *, trust_remote_code: bool = False, **overrides: Any) -> L.LightningModule:

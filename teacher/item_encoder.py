@@ -1,8 +1,21 @@
 """Item text -> one embedding per item, computed once with the base LLM and cached on disk.
 
-Pooling: mean of the last hidden layer over the real tokens of each text, then standardised per
-dimension across items. The cache (safetensors) is keyed by the base model reference, the exact
-texts, the template and the encoding settings, so a changed catalogue or model never reuses it.
+Pooling (``pooling``): ``"mean"`` (default) averages the chosen hidden layers over the real tokens
+of each text, ``"last"`` takes the last real token. ``layers`` picks the hidden-state indices that are
+averaged (``0`` = the input token embeddings, ``-1`` = the last layer, the default); with
+``text_only`` the tokens of the template's fixed prefix (e.g. an instruction such as
+``"Represent this item for recommendation: {text}"``) are left out of the mean, so the
+instruction conditions the states without being pooled. The result is standardised per dimension
+across items (``standardize``). The cache (safetensors) is keyed by the base model reference, the
+exact texts, the template and the encoding settings, so a changed catalogue or model never reuses it.
+
+Measured with SmolLM2-135M on the planted text set (2,000 users x 600 items, seed 0; untuned
+cosine between an item and the mean of the user's last 5 items; test cold-slice NDCG@10, 492
+targets; TF-IDF cosine 0.055): mean of the last layer 0.069 ("Item: {text}"), token embeddings
+(``layers=[0]``) 0.055, layers [0, 8, 16] 0.073, last token after the instruction 0.059, the
+instruction "Represent this item for recommendation: {text}" with ``text_only`` mean 0.074 (the
+planted recipe's choice). With a random-init tiny LLM the token embeddings separate categories best
+(``tests/test_teacher_cold.py``).
 """
 
 from __future__ import annotations
@@ -68,8 +81,18 @@ def mean_pooled_states(
     batch_size: int = 32,
     progress: bool = True,
     desc: str = "item texts",
+    pooling: str = "mean",
+    layers: Sequence[int] = (-1,),
+    skip_tokens: int | Sequence[int] = 0,
 ) -> torch.Tensor:
-    """Mean of the last hidden layer over real tokens, one row per text ``[N, hidden]`` (fp32)."""
+    """One row per text ``[N, hidden]`` (fp32): the mean over ``layers`` (hidden-state indices,
+    0 = token embeddings, -1 = last layer) of the mean over the real tokens (``pooling="mean"``)
+    or of the last real token (``"last"``). The first ``skip_tokens`` tokens of each text (one
+    number, or one per text) are left out of the mean (an instruction prefix)."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    layers = tuple(int(i) for i in layers) or (-1,)
+    skips = [int(skip_tokens)] * len(token_ids) if isinstance(skip_tokens, int) else [int(k) for k in skip_tokens]
     inner = getattr(model, "model", model)
     order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
     device = next(model.parameters()).device
@@ -92,9 +115,22 @@ def mean_pooled_states(
             ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[row, : len(seq)] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = inner(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state.float()
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(1) / m.sum(1)
+        if layers == (-1,):
+            states = [inner(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state]
+        else:
+            out = inner(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+            states = [out.hidden_states[i] for i in layers]
+        hidden = torch.stack([h.float() for h in states]).mean(0)
+        if pooling == "last":
+            last = mask.sum(1) - 1
+            pooled = hidden[torch.arange(len(idx), device=hidden.device), last]
+        else:
+            m = mask.clone()
+            for row, i in enumerate(idx):
+                k = min(skips[i], len(token_ids[i]) - 1)  # keep at least one token
+                m[row, :k] = 0
+            m = m.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * m).sum(1) / m.sum(1)
         if result is None:
             result = torch.empty(len(token_ids), pooled.shape[-1], dtype=torch.float32)
         result[torch.tensor(idx)] = pooled.cpu()
@@ -105,6 +141,9 @@ def mean_pooled_states(
     model.train(was_training)
     assert result is not None
     return result
+
+
+POOLINGS = ("mean", "last")
 
 
 def standardise(emb: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -127,14 +166,22 @@ def encode_item_texts(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    pooling: str = "mean",
+    layers: Sequence[int] | None = None,
+    text_only: bool = False,
 ) -> torch.Tensor:
     """Embed item texts (index ``i`` <-> item ``i + 1``); returns ``Float[N, hidden]``.
 
-    With ``ref`` given and ``use_cache``, the result is cached under ``cache_dir`` (default
-    ``~/.cache/recdistill/item_embeddings``) keyed by (base model ref, text hash, settings).
+    ``pooling`` / ``layers`` / ``text_only``: see the module docstring (defaults: mean of the last
+    layer over every token of the formatted text). With ``ref`` given and ``use_cache``, the result
+    is cached under ``cache_dir`` (default ``~/.cache/recdistill/item_embeddings``) keyed by
+    (base model ref, text hash, settings).
     """
     if not texts:
         raise ValueError("no item texts to encode")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    layers = tuple(int(i) for i in (layers or (-1,)))
     prompts = [template.format(text=t) for t in texts]
     key_fields = {
         "base_model": ref.hash() if ref is not None else None,
@@ -144,6 +191,8 @@ def encode_item_texts(
         "standardize": standardize,
         "num_layers": int(getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0),
     }
+    if pooling != "mean" or layers != (-1,) or text_only:  # the default keeps the earlier cache key
+        key_fields.update({"pooling": pooling, "layers": list(layers), "text_only": bool(text_only)})
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:32]
     path = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = path / f"{key}.safetensors"
@@ -158,7 +207,12 @@ def encode_item_texts(
         except Exception:  # corrupt cache file: recompute and replace
             pass
     ids = tokenize_texts(tokenizer, prompts, max_length)
-    emb = mean_pooled_states(model, ids, batch_size=batch_size, progress=progress)
+    skip: int = 0
+    prefix = template.split("{text}")[0]
+    if text_only and prefix.strip():
+        skip = len(tokenize_texts(tokenizer, [prefix.rstrip()], max_length)[0])
+    emb = mean_pooled_states(model, ids, batch_size=batch_size, progress=progress, pooling=pooling,
+                             layers=layers, skip_tokens=skip)
     if standardize:
         emb = standardise(emb)
     if cacheable:

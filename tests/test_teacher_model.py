@@ -317,3 +317,28 @@ def test_llm_part_of_a_hybrid_teacher_gets_gradients(split, tiny, cache_dir):
         assert teacher.out_proj.weight.grad is not None and teacher.out_proj.weight.grad.abs().sum() > 0
         assert all(p.grad is not None for p in lora)
         assert all(p.grad is None for p in teacher.collab_model.parameters())
+
+
+def test_item_text_pooling_options(tiny, split, tmp_path):
+    """Mean vs last token, the layers averaged (0 = token embeddings), an instruction left out of the mean;
+    each setting is its own cache entry."""
+    model, tok, ref = load_base_model(str(tiny))
+    texts = list(split.item_text[:5])
+    ids = [tok.encode(t, add_special_tokens=False) for t in texts]
+    kw = dict(ref=ref, cache_dir=tmp_path, progress=False, standardize=False)
+    tokens = encode_item_texts(model, tok, texts, layers=[0], **kw)
+    table = model.model.embed_tokens.weight.detach()
+    want = torch.stack([table[torch.tensor(i)].mean(0) for i in ids])
+    assert torch.allclose(tokens, want, atol=1e-5)
+    last = encode_item_texts(model, tok, texts, pooling="last", **kw)
+    with torch.no_grad():
+        state = model.model(input_ids=torch.tensor([ids[0]])).last_hidden_state[0, -1]
+    assert torch.allclose(last[0], state, atol=1e-4)
+    template = "represent this item for recommendation {text}"
+    pooled_all = encode_item_texts(model, tok, texts, template=template, layers=[0], **kw)
+    text_only = encode_item_texts(model, tok, texts, template=template, layers=[0], text_only=True, **kw)
+    assert torch.allclose(text_only, tokens, atol=1e-5)  # token embeddings: the prefix drops out exactly
+    assert not torch.allclose(pooled_all, tokens, atol=1e-3)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 4
+    with pytest.raises(ValueError, match="pooling"):
+        encode_item_texts(model, tok, texts, pooling="max", **kw)
