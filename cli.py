@@ -243,6 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         takes_overrides = args.command in ("student", "teacher", "distill", "bench", "quickstart")
         if rest and not takes_overrides:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if args.command in ("student", "teacher", "distill", "bench", "run", "quickstart", "compress"):
+            from recdistill.training import quiet_known_noise
+
+            quiet_known_noise()  # library tips and known-harmless warnings stay off the console
         return handler(args, rest)
     except Exception as exc:  # noqa: BLE001 - classified below; anything unexpected is re-raised
         message = user_message(exc)
