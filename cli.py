@@ -82,7 +82,8 @@ def _distill_fit(args: argparse.Namespace, rest: list[str]) -> int:
 
     metrics = fit_distilled(args.config, args.output_dir, rest, resume=args.resume)
     test = metrics["test"]
-    shown = {k: round(v, 4) for k, v in test.items() if k in ("ndcg@10", "hr@10", "cold/ndcg@10", "rare/ndcg@10")}
+    shown = {k: round(v, 4) for k, v in test.items()
+             if k in ("ndcg@10", "hr@10", "cold/ndcg@10", "rare/ndcg@10", "auc", "gauc", "logloss")}
     terms = ", ".join(f"{t['name']}×{t.get('weight', 1.0)}" for t in metrics["distill"]["terms"]) or "no terms"
     print(f"test ({metrics['student']} distilled with {terms}; best epoch {metrics['best_epoch']}): {shown}")
     print(f"wrote {args.output_dir}/metrics.json")
