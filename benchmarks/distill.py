@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from recdistill.atomic import write_json, write_text
+from recdistill.atomic import sha256_file, write_json, write_text
 from recdistill.benchmarks.students import update_readme
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
@@ -178,7 +178,9 @@ def _teacher_run(output_dir: Path, seed: int, extra: list[str]) -> dict[str, Any
     run_dir = output_dir / "runs" / f"distill-teacher{tag}-seed{seed}"
     args = [f"--seed_everything={seed}", f"--model.collaborative_model={collab / 'student'}",
             f"--model.collaborative_embeddings={collab / 'student'}", *extra]
-    inputs = {"recipe": recipe_path(TEACHER_RECIPE).read_text(), "args": args, "collaborative": collab.name}
+    inputs = {"recipe": recipe_path(TEACHER_RECIPE).read_text(), "args": args,
+                  # keyed on the collaborative weights, not the run name: a retrained SASRec refits
+                  "collaborative": sha256_file(collab / "student" / "model.safetensors")}
 
     def work(directory: Path) -> dict[str, Any]:
         result = _fit_and_evaluate(TEACHER_RECIPE, directory, args)

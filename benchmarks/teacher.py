@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from recdistill.atomic import write_json, write_text
+from recdistill.atomic import sha256_file, write_json, write_text
 from recdistill.benchmarks.students import update_readme
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
@@ -50,7 +50,9 @@ def run_teacher_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
         run_dir = output_dir / "runs" / f"{slug}-seed{seed}"
         args = [f"--seed_everything={seed}", f"--model.collaborative_model={collab / 'student'}",
                 f"--model.collaborative_embeddings={collab / 'student'}", *(overrides or []), *extra]
-        inputs = {"recipe": recipe_path(recipe).read_text(), "args": args, "collaborative": collab.name}
+        inputs = {"recipe": recipe_path(recipe).read_text(), "args": args,
+                  # keyed on the collaborative weights, not the run name: a retrained SASRec refits
+                  "collaborative": sha256_file(collab / "student" / "model.safetensors")}
         result = run_stage(f"{slug}-seed{seed}", run_dir, inputs,
                            lambda d, args=args: _fit_and_evaluate(recipe, d, args))
         runs.append({"variant": variant, "seed": seed, **result})
