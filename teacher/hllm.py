@@ -569,7 +569,7 @@ class HLLMTeacher(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self._val_mix is not None:
-            results = {alpha: acc.compute() for alpha, acc in self._val_mix.items() if acc.num_examples}
+            results = self._gathered_mix_metrics()
             if not results:
                 return
             best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
@@ -584,6 +584,20 @@ class HLLMTeacher(L.LightningModule):
             metrics = self._val_acc.compute()
         for key, value in metrics.items():
             self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
+
+    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
+        """Validation metrics of every fusion weight over *all* processes' examples (per-rank metric
+        sums reduced with ``sum``), so that every rank chooses the same alpha on the whole set."""
+        from recdistill.metrics import metrics_from_sums, ranking_metric_sums
+
+        ks = self.hparams.eval_ks or [5, 10, 20]
+        alphas = list(self._val_mix)
+        sums = torch.cat([ranking_metric_sums(self._val_mix[a].ranks(), ks) for a in alphas])  # [A, 1 + 3k]
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64
+            sums = trainer.strategy.reduce(sums.to(self.device, dtype), reduce_op="sum").double().cpu()
+        return {a: metrics_from_sums(row, ks) for a, row in zip(alphas, sums) if row[0] > 0}
 
     def on_test_epoch_start(self) -> None:
         self._test_acc = self._accumulator()

@@ -342,3 +342,48 @@ def test_item_text_pooling_options(tiny, split, tmp_path):
     assert len(list(tmp_path.glob("*.safetensors"))) == 4
     with pytest.raises(ValueError, match="pooling"):
         encode_item_texts(model, tok, texts, pooling="max", **kw)
+
+
+def test_fusion_weight_is_chosen_on_the_validation_set_of_all_processes(split, tiny, cache_dir):
+    """Under DDP each rank validates a shard; the alpha grid's metrics are summed over ranks before
+    the choice, so every rank picks the alpha of the whole set (not of its own shard)."""
+    from types import SimpleNamespace
+
+    from recdistill.metrics import ranking_metric_sums
+    from recdistill.student import SASRec
+
+    torch.manual_seed(0)
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12).eval()
+    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", collaborative_model=cf).eval()
+    dm = SequentialDataModule.from_split(split, max_len=12, eval_batch_size=7)
+    batches = list(dm.dataloader("valid"))
+    half = len(batches) // 2
+
+    def shard_sums(shard):
+        teacher.on_validation_epoch_start()
+        with torch.no_grad():
+            for i, b in enumerate(shard):
+                teacher.validation_step(b, i)
+        ks = teacher.hparams.eval_ks or [5, 10, 20]
+        return {a: ranking_metric_sums(acc.ranks(), ks) for a, acc in teacher._val_mix.items()}
+
+    def choose(shard, other=None):
+        other_sums = shard_sums(other) if other else None
+        shard_sums(shard)
+
+        def reduce(tensor, reduce_op):
+            assert reduce_op == "sum"
+            return tensor + torch.cat([other_sums[a] for a in teacher._val_mix]).to(tensor)
+
+        teacher._trainer = SimpleNamespace(world_size=2 if other else 1, strategy=SimpleNamespace(reduce=reduce))
+        try:
+            return teacher._gathered_mix_metrics()
+        finally:
+            teacher._trainer = None
+
+    whole = choose(batches)
+    for mine, theirs in ((batches[:half], batches[half:]), (batches[half:], batches[:half])):
+        gathered = choose(mine, theirs)
+        assert gathered.keys() == whole.keys()
+        for alpha in whole:
+            assert gathered[alpha]["ndcg@10"] == pytest.approx(whole[alpha]["ndcg@10"], abs=1e-12)
