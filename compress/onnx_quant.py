@@ -64,7 +64,7 @@ def _versions() -> dict[str, str]:
         import optimum.version
 
         versions["optimum"] = optimum.version.__version__
-    except Exception:  # noqa: BLE001 - only a provenance field
+    except (ImportError, AttributeError):  # only a provenance field
         pass
     return versions
 

@@ -575,7 +575,7 @@ def _picklable(exc: BaseException) -> BaseException:
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
-    except Exception:
+    except Exception:  # noqa: BLE001 - any pickling failure: the error is re-raised as a RuntimeError naming it
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
