@@ -238,8 +238,11 @@ def render_markdown(payload: dict[str, Any]) -> str:
     for run in payload["runs"]:
         by_variant.setdefault(run["variant"], []).append(run)
     lines = [
-        f"Distilled SASRec on MovieLens-100K; median (min–max) over student seeds {payload['seeds']}; torch "
-        f"{payload['torch']}, CPU. {payload['protocol'].splitlines()[0]} Reproduce: `make bench-distill`. "
+        f"Distilled SASRec on MovieLens-100K (leave-one-out by time, full ranking, earlier items masked, "
+        f"selected on validation); median (min–max) over the seeds run, torch {payload['torch']}, CPU; one "
+        f"teacher (seed 0); every variant on seed 0, the validation-best "
+        f"({payload.get('best_on_validation')}) on seeds {payload['seeds']}. s/epoch is wall time per epoch with "
+        "validation, on a shared machine (see the back-to-back epoch cost below). Reproduce: `make bench-distill`. "
         "With 943 test users a difference under about 0.01 NDCG@10 is noise.",
         "",
         "| model | seeds | valid NDCG@10 | test NDCG@10 | test HR@10 | cold NDCG@10 (n) | rare NDCG@10 (n) "
