@@ -97,16 +97,20 @@ KNOWN_NOISE = (
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's advertising tips (e.g. for its cloud logger)."""
+    """Drops Lightning's advertising tips and onnxruntime's per-call pre-processing advice."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "💡 Tip" not in record.getMessage()
+        message = record.getMessage()
+        return "💡 Tip" not in message and "consider to run pre-processing before quantization" not in message
 
 
 def quiet_known_noise() -> None:
     """Silence :data:`KNOWN_NOISE` warnings and Lightning's product tips (idempotent)."""
     for pattern in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=pattern)
+    root = logging.getLogger()  # onnxruntime.quantization advises on the root logger at every call
+    if not any(isinstance(f, _NoTips) for f in root.filters):
+        root.addFilter(_NoTips())
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in logger.filters):
