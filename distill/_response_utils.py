@@ -102,3 +102,13 @@ def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str) -> T
         return F.softplus(-picked)
     log_norm = torch.logsumexp(student_logits[:, 1:], dim=1, keepdim=True)
     return log_norm - picked
+
+
+def weighted_candidate_loss(student_logits: Tensor, ids: Tensor, weights: Tensor, student_output: str,
+                            reduction: str) -> Tensor:
+    """``Σ_i w_i · nll_i`` per row over the non-missing candidates (id > 0), reduced over rows that
+    have one; ``nll`` as in :func:`candidate_nll`. Shared by RD and DLLM2Rec."""
+    valid = ids > 0
+    nll = candidate_nll(student_logits, ids, student_output)
+    per_row = (weights * torch.where(valid, nll, torch.zeros_like(nll))).sum(dim=1)
+    return reduce_rows(per_row, valid.any(dim=1), reduction)

@@ -9,12 +9,11 @@ from torch import Tensor, nn
 
 from ._response_utils import (
     check_logits_and_ids,
-    candidate_nll,
     check_reduction,
     check_student_output,
     excluded_columns,
     masked_normalize,
-    reduce_rows,
+    weighted_candidate_loss,
 )
 from .registry import register_loss
 
@@ -157,8 +156,5 @@ class RankingDistillationLoss(nn.Module):
     ) -> Tensor:
         check_logits_and_ids(student_logits, teacher_topk_ids)
         ids = teacher_topk_ids.detach().long()
-        valid = ids > 0
         w = self.weights(student_logits, ids, history=history, dynamic=dynamic)
-        nll = candidate_nll(student_logits, ids, self.student_output)
-        per_row = (w * torch.where(valid, nll, torch.zeros_like(nll))).sum(dim=1)
-        return reduce_rows(per_row, valid.any(dim=1), self.reduction)
+        return weighted_candidate_loss(student_logits, ids, w, self.student_output, self.reduction)
