@@ -1,4 +1,4 @@
-"""The teacher checkpoint format (``save_pretrained`` folder) and the checks made when loading one.
+"""The teacher checkpoint format (``save_pretrained`` folder): writing it, loading it and the checks made then.
 
 A teacher folder holds the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``),
 ``head.safetensors`` (tables, projections, scale) and ``teacher.json``::
@@ -22,10 +22,16 @@ Loading treats ``teacher.json`` as untrusted input (a folder can come from anywh
   the recorded one for every kind of source (asset, GGUF, folder, hub); a check that cannot be made
   is reported with a :class:`BaseModelCheckWarning`;
 - the adapter + head weights must hash to ``trained_state_sha256`` (a corrupted file is named).
+
+:func:`save_teacher` / :func:`load_pretrained` are ``HLLMTeacher.save_pretrained`` / ``from_pretrained``;
+:func:`is_trained_key` names the state-dict keys training changes (Lightning checkpoints, best-epoch
+restore).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import inspect
 import json
 import logging
@@ -33,6 +39,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from recdistill.atomic import atomic_directory
 from recdistill.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -122,8 +133,6 @@ def accepted_args(cls: type) -> set[str]:
 def constructor_args(cls: type, meta: dict[str, Any], directory: str | Path,
                      overrides: dict[str, Any]) -> dict[str, Any]:
     """Safe constructor arguments for rebuilding the teacher of ``meta`` (see the module docstring)."""
-    import torch
-
     where = Path(directory) / TEACHER_JSON
     saved = dict(meta["init_args"])
     unknown = sorted(set(saved) - accepted_args(cls))
@@ -217,6 +226,109 @@ def check_trained_state(module: Any, meta: dict[str, Any], directory: str | Path
             f"`recdistill teacher fit`")
 
 
+# --------------------------------------------------------------------------- trained weights
+def state_hash(tensors: dict[str, Tensor]) -> str:
+    """sha256 over named tensors (name, dtype, shape and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(t.dtype).encode())
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def is_trained_key(name: str) -> bool:
+    """State-dict keys that training changes: everything but the frozen base (LoRA included)."""
+    return not name.startswith("backbone.") or "lora_" in name
+
+
+def copy_trainable_state(module: nn.Module) -> dict[str, Tensor]:
+    """CPU copy of every trainable parameter (and item buffers) for best-epoch restore."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if is_trained_key(k)}
+
+
+def restore_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:
+    module.load_state_dict(copy.copy(state), strict=False)
+
+
+# --------------------------------------------------------------------------- save / load a teacher folder
+def save_teacher(module: Any, directory: str | Path) -> Path:
+    """Write ``module``'s adapter + head + teacher.json to ``directory`` atomically; returns it."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "class": f"{type(module).__module__}.{type(module).__qualname__}",
+        "init_args": module.init_args(),
+        "item_dim": module.item_dim,
+        "collab_dim": int(module.item_collab_emb.shape[1]) if hasattr(module, "item_collab_emb") else None,
+        "collab_model": ({"name": module.collab_model.registry_name, "init_args": module.collab_model.init_args}
+                         if hasattr(module, "collab_model") else None),
+        "base_model": module.base_ref.to_dict(),
+        "base_model_needs_remote_code": bool(module.hparams.get("trust_remote_code", False)),  # informational only
+        "dataset_fingerprint": module.dataset_fingerprint,
+        "trained_state_sha256": module.trained_state_hash(),
+    }
+
+    with atomic_directory(directory) as tmp:
+        module.backbone.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
+        save_file(module.head_state_dict(), str(tmp / "head.safetensors"), metadata={"format": "pt"})
+        (tmp / TEACHER_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+    return Path(directory)
+
+
+def load_pretrained(cls: type, directory: str | Path, *, check_base: bool = True, trust_remote_code: bool = False,
+                    overrides: dict[str, Any] | None = None) -> Any:
+    """Rebuild a teacher of class ``cls`` saved by :func:`save_teacher` (see the module docstring)."""
+    from peft import set_peft_model_state_dict
+
+    from recdistill.teacher.loading import BaseModelRef
+
+    directory = Path(directory)
+    meta = read_teacher_json(directory)
+    args = constructor_args(cls, meta, directory, dict(overrides or {}))
+    args["trust_remote_code"] = bool(trust_remote_code)
+    num_items = int(args["num_items"])
+    for name in ("adapter_model.safetensors", "head.safetensors"):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"teacher checkpoint {directory} lacks {name}; re-run `recdistill teacher fit`")
+    module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
+    module.collaborative_source = meta["init_args"].get("collaborative_embeddings")  # informational only
+    module.collaborative_model_source = meta["init_args"].get("collaborative_model")
+    check_base_model(BaseModelRef.from_dict(meta["base_model"]), module.base_ref, directory, check=check_base)
+    try:
+        adapter = load_file(str(directory / "adapter_model.safetensors"))
+        head = load_file(str(directory / "head.safetensors"))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
+        raise CheckpointError(f"cannot read the weights in {directory}: {exc}") from None
+    result = set_peft_model_state_dict(module.backbone, adapter)
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(f"adapter in {directory} has unexpected keys: {unexpected[:5]}")
+    try:
+        missing, unexpected = module.load_state_dict(head, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise CheckpointError(f"head weights in {directory / 'head.safetensors'} do not fit teacher.json: "
+                              f"{str(exc).splitlines()[-1].strip()}") from None
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise CheckpointError(f"head weights in {directory} do not match: missing {missing}, "
+                              f"unexpected {unexpected}")
+    check_trained_state(module, meta, directory)
+    module.dataset_fingerprint = meta.get("dataset_fingerprint")
+    module.eval()
+    return module
+
+
+def load_teacher(directory: str | Path, *, trust_remote_code: bool = False, **overrides: Any) -> Any:
+    """Load any teacher checkpoint by the class recorded in its ``teacher.json``, which must be a registered
+    teacher class (:data:`TEACHER_CLASSES`); ``trust_remote_code`` only from here."""
+    meta = read_teacher_json(directory)
+    cls = teacher_class(meta, directory)
+    return cls.from_pretrained(directory, trust_remote_code=trust_remote_code, **overrides)
+
+
 __all__ = ["BaseModelCheckWarning", "CODE_EXECUTING_OPTIONS", "FORMAT_VERSION", "TEACHER_CLASSES", "TEACHER_JSON",
-           "accepted_args", "check_base_model", "check_trained_state", "constructor_args", "read_teacher_json",
-           "register_teacher_class", "teacher_class"]
+           "accepted_args", "check_base_model", "check_trained_state", "constructor_args", "copy_trainable_state",
+           "is_trained_key", "load_pretrained", "load_teacher", "read_teacher_json", "register_teacher_class",
+           "restore_trainable_state", "save_teacher", "state_hash", "teacher_class"]

@@ -1,6 +1,7 @@
 """The collaborative (ID) part of the hybrid teacher: a frozen trained student whose logits are mixed
 with the LLM's (``mix_logits``, ``collaborative_score_table`` for the signal cache's dot product),
-and a frozen collaborative item table projected into the LLM's item table (CoLLM / A-LLMRec).
+and a frozen collaborative item table projected into the LLM's item table (CoLLM / A-LLMRec);
+item tables are read from files by ``load_item_embedding_file``.
 
 Teacher -> student only: the student is used through its contract (``load_student``, ``encode``,
 ``score``), never through raw state-dict keys of its modules.
@@ -51,6 +52,30 @@ def collaborative_score_table(model: nn.Module) -> tuple[Tensor, Tensor]:
     return w.contiguous(), b.contiguous()
 
 
+def load_item_embedding_file(path: str | Path) -> Tensor:
+    """Load ``Float[N, d]`` item embeddings from .safetensors / .npy / .pt (weights_only)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        tensors = load_file(str(path))
+        for key in ("item_text_embeddings", "item_embeddings", "embeddings"):
+            if key in tensors:
+                return tensors[key].float()
+        if len(tensors) == 1:
+            return next(iter(tensors.values())).float()
+        raise KeyError(f"{path} has no 'item_text_embeddings' tensor (has {sorted(tensors)})")
+    if path.suffix == ".npy":
+        import numpy as np
+
+        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
+    if path.suffix in (".pt", ".pth"):
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(obj, Tensor):
+            raise TypeError(f"{path} does not hold a single tensor")
+        return obj.float()
+    raise ValueError(f"unsupported item embedding file {path} (use .safetensors, .npy or .pt)")
+
+
+
 def load_collaborative_model(source: Any, num_items: int) -> nn.Module:
     """A trained sequential student (folder written by ``save_student`` or a module), frozen and
     kept in eval mode; its next-item logits are added to the teacher's."""
@@ -94,8 +119,6 @@ def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
                 raise KeyError(f"student in {path} has no item_embedding.weight to use as collaborative_embeddings")
             table = state["item_embedding.weight"].float()
         else:
-            from recdistill.teacher.hllm import load_item_embedding_file
-
             table = load_item_embedding_file(path)
     if table.shape[0] == num_items:
         table = torch.cat([torch.zeros(1, table.shape[1]), table], 0)

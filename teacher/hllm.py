@@ -19,6 +19,11 @@ CLCRec), and ``content_loss_weight`` adds the content-only cross-entropy as a se
 ``text_pooling`` / ``text_layers`` / ``text_only_pooling`` choose
 how item texts are pooled (see :mod:`recdistill.teacher.item_encoder`).
 
+Split by job: this module builds the teacher (modules, tables, buffers) and is its public face;
+:mod:`~recdistill.teacher.hllm_model` encodes and scores, :mod:`~recdistill.teacher.hllm_lightning`
+runs the Lightning loop, :mod:`~recdistill.teacher.checkpoint` owns the saved format and
+:mod:`~recdistill.teacher.collaborative` the CF part.
+
 Checkpoint (``save_pretrained``): peft adapter in ``save_pretrained`` format + head/table weights
 (``head.safetensors``) + ``teacher.json`` (init args, base-model reference, dataset
 fingerprint); the frozen base is reloaded from its source by ``from_pretrained``.
@@ -26,47 +31,41 @@ fingerprint); the frozen base is reloaded from its source by ``from_pretrained``
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
-
-from recdistill.atomic import atomic_directory
 from torch import Tensor, nn
 
+from recdistill.teacher.checkpoint import (  # noqa: F401  (re-exported: the teacher's saved format)
+    FORMAT_VERSION,
+    accepted_args,
+    copy_trainable_state,
+    is_trained_key,
+    load_pretrained,
+    load_teacher,
+    restore_trainable_state,
+    save_teacher,
+)
 from recdistill.teacher.collaborative import (  # noqa: F401  (re-exported: the hybrid teacher's CF part)
     COLLABORATIVE_FUSIONS,
     FUSION_GRID,
     collaborative_score_table,
     load_collaborative_embeddings,
     load_collaborative_model,
+    load_item_embedding_file,
     mix_logits,
 )
+from recdistill.teacher.hllm_lightning import HLLMLightningMixin
+from recdistill.teacher.hllm_model import HLLMModelMixin
 from recdistill.teacher.loading import BaseModelRef, load_base_model
 
 ITEM_TABLE_MODES = ("trainable", "fusion", "frozen")
-FORMAT_VERSION = 1
 
 
-def _state_hash(tensors: dict[str, Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(t.dtype).encode())
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-class HLLMTeacher(L.LightningModule):
+class HLLMTeacher(HLLMModelMixin, HLLMLightningMixin, L.LightningModule):
     """LoRA-tuned LLM layers over item-text embeddings; next-item logits over the catalogue.
 
     Args:
@@ -304,393 +303,15 @@ class HLLMTeacher(L.LightningModule):
             pooling=hp.text_pooling, layers=hp.text_layers, text_only=hp.text_only_pooling,
         )
 
-    def setup(self, stage: str) -> None:
-        """Read the per-item training counts from the trainer's data module (unless given)."""
-        if self._counts_given or not hasattr(self, "item_train_count"):
-            return
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        split = getattr(dm, "split", None)
-        if split is not None and hasattr(split, "item_train_counts"):
-            counts = torch.as_tensor(split.item_train_counts(), dtype=torch.float32)
-            if counts.shape == self.item_train_count.shape:
-                self.item_train_count.copy_(counts.to(self.item_train_count.device))
-
-    # ------------------------------------------------------------------ cold items
-    def cold_gate(self) -> Tensor | None:
-        """``g [N + 1] = min(1, count / cold_gate_count)`` (0 for items never seen in training), or None."""
-        c = self.hparams.get("cold_gate_count")
-        if c is None:
-            return None
-        return (self.item_train_count / float(c)).clamp(max=1.0)
-
-    def has_content_part(self) -> bool:
-        return hasattr(self, "item_text_emb")
-
-    def effective_item_bias(self) -> Tensor | None:
-        """Per-item bias ``[N + 1]`` as scored: gated toward the mean bias of the trained items."""
-        if not self.hparams.item_bias:
-            return None
-        g = self.cold_gate()
-        if g is None:
-            return self.item_bias
-        weight = g.clone()
-        weight[0] = 0.0
-        prior = (weight * self.item_bias).sum() / weight.sum().clamp_min(1e-6)
-        return g * self.item_bias + (1 - g) * prior
-
-    def score_content(self, user: Tensor) -> Tensor:
-        """Content-only logits ``[..., N + 1]``: scale x cosine(user, text vector); column 0 = ``-inf``."""
-        items = F.normalize(self.item_text_emb, dim=-1)
-        logits = self.logit_scale() * (F.normalize(user[..., :self.item_dim], dim=-1) @ items.t())
-        logits = logits.clone()
-        logits[..., 0] = -math.inf
-        return logits
-
-    # ------------------------------------------------------------------ model
-    def item_vectors(self) -> Tensor:
-        """The item table used for input and scoring, ``[N + 1, d_item]`` (row 0 = padding)."""
-        mode = self.hparams.item_table
-        g = self.cold_gate()
-        g = None if g is None else g.unsqueeze(-1)
-        if mode == "trainable":
-            table = self.item_emb.weight
-            if g is not None:  # a cold row keeps its text initialisation
-                table = self.item_text_emb + g * (table - self.item_text_emb)
-        elif mode == "fusion":
-            residual = self.item_residual.weight
-            table = self.item_text_emb + (residual if g is None else g * residual)
-        else:
-            table = self.item_text_emb
-        if hasattr(self, "collab_proj"):
-            collab = self.collab_proj(self.item_collab_emb)
-            table = table + (collab if g is None else g * collab)
-        return table
-
     def train(self, mode: bool = True) -> "HLLMTeacher":
         super().train(mode)
         if hasattr(self, "collab_model"):
             self.collab_model.eval()  # frozen CF model: no dropout while the teacher trains
         return self
 
-    def logit_scale(self) -> Tensor:
-        return self.log_scale.exp()
-
-    def encode(self, input_ids: Tensor, output_hidden_states: bool = False) -> dict[str, Any]:
-        """Run the sequence model. Returns ``user`` [B, L, d_item], ``hidden`` [B, L, H] (after the
-        final norm) and, if asked, ``hidden_states`` (embeddings, block outputs; last = ``hidden``)."""
-        mask = input_ids > 0
-        x = F.embedding(input_ids, self.item_vectors())
-        x = self.in_proj(self.drop(x))
-        rms = x.pow(2).mean(-1, keepdim=True).add(1e-8).sqrt()
-        x = x / rms * self.token_rms
-        x = x * mask.unsqueeze(-1).to(x.dtype)
-        position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
-        out = self.backbone(
-            inputs_embeds=x, attention_mask=mask.long(), position_ids=position_ids,
-            use_cache=False, output_hidden_states=output_hidden_states,
-        )
-        hidden = out.last_hidden_state
-        user = self.out_proj(self.drop(hidden))
-        if hasattr(self, "collab_model"):  # carry the CF state along: score_items splits it off
-            with torch.no_grad():
-                cf_state = self.collab_model.encode(input_ids).sequence.to(user.dtype)
-            user = torch.cat([user, cf_state], -1)
-        result = {"user": user, "hidden": hidden}
-        if output_hidden_states:
-            result["hidden_states"] = out.hidden_states
-        return result
-
-    def normalized_items(self) -> Tensor:
-        return F.normalize(self.item_vectors(), dim=-1)
-
-    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None, fuse: bool = True) -> Tensor:
-        """Logits of ``user`` [..., d_item (+ d_cf)] against items ``start..stop-1`` (column index =
-        item): scale x cosine (+ item bias); with a collaborative model and ``fuse``, mixed with its
-        logits: ``alpha * teacher + (1 - alpha) * cf`` (ensemble) or ``teacher + w * cf`` (joint)."""
-        items = self.normalized_items()[start:stop]
-        cf_state = None
-        if hasattr(self, "collab_model"):
-            user, cf_state = user[..., :self.item_dim], user[..., self.item_dim:]
-        logits = self.logit_scale() * (F.normalize(user, dim=-1) @ items.t())
-        if self.hparams.item_bias:
-            logits = logits + self.effective_item_bias()[start:stop]
-        if cf_state is not None and fuse:
-            with torch.no_grad():
-                cf_logits = self.collab_model.score(cf_state)[..., start:stop]
-            cf_logits = self._gate_collaborative(logits, cf_logits, start, stop)
-            if hasattr(self, "collab_weight"):
-                logits = logits + self.collab_weight * cf_logits
-            else:
-                logits = mix_logits(logits, cf_logits, self.fusion_alpha, padding_column=start == 0)
-        if start == 0:
-            logits = logits.clone()
-            logits[..., 0] = -math.inf
-        return logits
-
-    def _gate_collaborative(self, teacher: Tensor, cf_logits: Tensor, start: int = 0,
-                            stop: int | None = None) -> Tensor:
-        """With the cold gate: ``g * cf + (1 - g) * teacher`` (ensemble; a cold item's CF logit is
-        replaced by the LLM's) or ``g * cf`` (joint); unchanged without a gate."""
-        g = self.cold_gate()
-        if g is None:
-            return cf_logits
-        g = g[start:stop].to(cf_logits)
-        if hasattr(self, "collab_weight"):
-            return g * cf_logits
-        return g * cf_logits + (1 - g) * teacher.masked_fill(torch.isinf(teacher), 0.0)
-
-    # ------------------------------------------------------------------ scores as one dot product
-    # (the signal cache stores score_factors per example and score_item_factors per item; see
-    # recdistill.teacher.cache_format for the formula)
-    def score_factors(self, user: Tensor) -> Tensor:
-        """``[..., D]`` with ``score_factors(user) @ score_item_factors().T == score_items(user)`` on
-        items ``1..N``: ``[user_llm / |user_llm|, 1 (, cf_state)]``."""
-        llm = F.normalize(user[..., :self.item_dim], dim=-1)
-        parts = [llm, torch.ones_like(llm[..., :1])]
-        if hasattr(self, "collab_model"):
-            parts.append(user[..., self.item_dim:])
-        return torch.cat(parts, -1)
-
-    def score_item_factors(self, start: int = 0, stop: int | None = None) -> Tensor:
-        """``[stop - start, D]``: the item side of :meth:`score_factors` (scale, item bias, fusion
-        weight and the collaborative model's affine scoring folded in). Row 0 = padding."""
-        items = self.normalized_items()[start:stop]
-        bias = (self.effective_item_bias()[start:stop] if self.hparams.item_bias
-                else items.new_zeros(items.shape[0]))
-        llm = self.logit_scale() * items
-        if not hasattr(self, "collab_model"):
-            return torch.cat([llm, bias.unsqueeze(-1)], -1)
-        cf_w, cf_b = collaborative_score_table(self.collab_model)
-        cf_w, cf_b = cf_w[start:stop].to(items), cf_b[start:stop].to(items)
-        g = self.cold_gate()
-        g = items.new_ones(items.shape[0]) if g is None else g[start:stop].to(items)
-        if hasattr(self, "collab_weight"):  # joint: teacher + w * g * cf
-            a, c = torch.ones_like(g), self.collab_weight * g
-        else:  # ensemble: alpha * teacher + (1 - alpha) * (g * cf + (1 - g) * teacher)
-            a = self.fusion_alpha + (1 - self.fusion_alpha) * (1 - g)
-            c = (1 - self.fusion_alpha) * g
-        a, c = a.unsqueeze(-1), c.unsqueeze(-1)
-        return torch.cat([a * llm, a * bias.unsqueeze(-1) + c * cf_b.unsqueeze(-1), c * cf_w], -1)
-
-    def score_blocks(self) -> list[dict[str, Any]]:
-        """Column blocks of :meth:`score_factors` (recorded in the signal cache's manifest)."""
-        d = self.item_dim
-        blocks = [{"name": "llm_cosine", "start": 0, "stop": d,
-                   "user": "user_llm / |user_llm|", "item": "w_llm * logit_scale * item / |item|"},
-                  {"name": "bias", "start": d, "stop": d + 1, "user": "1", "item": "w_llm * item_bias + w_cf * cf_bias"}]
-        if self.hparams.get("cold_gate_count") is not None:
-            blocks[0]["cold_gate"] = (f"g_i = min(1, train_count_i / {self.hparams.cold_gate_count}) scales every "
-                                      f"per-item part; ensemble per item: w_llm_i = alpha + (1 - alpha) * (1 - g_i), "
-                                      f"w_cf_i = (1 - alpha) * g_i; joint: w_cf_i = w * g_i")
-        if hasattr(self, "collab_model"):
-            d_cf = int(self.collab_model.hidden_size)
-            fusion = "joint" if hasattr(self, "collab_weight") else "ensemble"
-            w = float(self.collab_weight.detach()) if fusion == "joint" else 1 - float(self.fusion_alpha)
-            blocks.append({"name": "collaborative", "start": d + 1, "stop": d + 1 + d_cf, "user": "cf_state",
-                           "item": "w_cf * cf_weight", "fusion": fusion, "w_cf": w,
-                           "w_llm": 1.0 if fusion == "joint" else float(self.fusion_alpha),
-                           "model": type(self.collab_model).__name__})
-        else:
-            blocks[0]["w_llm"] = 1.0
-        return blocks
-
-    def forward(self, input_ids: Tensor) -> Tensor:
-        """Next-item logits ``[B, N + 1]`` at the last (predicting) position of left-padded input."""
-        return self.score_items(self.encode(input_ids)["user"][:, -1])
-
-    # ------------------------------------------------------------------ training
-    def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Full-softmax cross-entropy over items at every labelled position (one forward pass)."""
-        labels = batch["labels"]
-        user = self.encode(batch["input_ids"])["user"]
-        sel = labels > 0
-        # ensemble fusion: the LLM learns on its own; the mixture weight is chosen on validation
-        fuse = not hasattr(self, "fusion_alpha")
-        return self.training_loss(user[sel], labels[sel], fuse=fuse)
-
-    def log_popularity(self) -> Tensor:
-        """``log q_i`` with ``q_i = (count_i + 1) / sum(count + 1)`` over items 1..N (index 0: 0)."""
-        counts = self.item_train_count + 1.0
-        q = counts / counts[1:].sum()
-        out = q.log()
-        out[0] = 0.0
-        return out
-
-    def training_loss(self, user: Tensor, labels: Tensor, fuse: bool = True) -> Tensor:
-        """Cross-entropy of ``user`` rows ``[M, D]`` against ``labels [M]``, with the training-only options
-        (``logq``, ``content_dropout``, ``content_loss_weight``)."""
-        hp = self.hparams
-        logits = self.score_items(user, fuse=fuse)
-        # logit adjustment (Menon et al. 2021): training logits + logq * log q_i, so the scores themselves
-        # need not learn popularity, and items never (or rarely) seen are not pushed below everything
-        correction = hp.get("logq", 0.0) * self.log_popularity() if hp.get("logq", 0.0) else None
-        if correction is not None:
-            logits = logits + correction
-        p, w = hp.get("content_dropout", 0.0), hp.get("content_loss_weight", 0.0)
-        content = None
-        if (p > 0 and self.training) or w > 0:
-            content = self.score_content(user)
-            if correction is not None:
-                content = content + correction
-        if p > 0 and self.training:
-            rows = torch.rand(logits.shape[0], 1, device=logits.device) < p
-            logits = torch.where(rows, content, logits)
-        loss = F.cross_entropy(logits, labels)
-        if w > 0:
-            loss = loss + w * F.cross_entropy(content, labels)
-        return loss
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
-                 batch_size=int((batch["labels"] > 0).sum()))
-        return loss
-
-    def _accumulator(self):
-        from recdistill.metrics import RankingAccumulator
-
-        return RankingAccumulator(ks=self.hparams.eval_ks or [5, 10, 20])
-
-    def on_validation_epoch_start(self) -> None:
-        self._val_acc = self._accumulator()
-        self._val_mix = {a: self._accumulator() for a in FUSION_GRID} if hasattr(self, "fusion_alpha") else None
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        if self._val_mix is None:
-            scores = self(batch["input_ids"])
-            self._val_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
-            return
-        user = self.encode(batch["input_ids"])["user"][:, -1]
-        teacher = self.score_items(user, fuse=False)
-        cf = self._gate_collaborative(teacher, self.collab_model.score(user[..., self.item_dim:]))
-        for alpha, acc in self._val_mix.items():
-            acc.update(mix_logits(teacher, cf, alpha), batch["target"], batch.get("history"),
-                       mask_seen=self.hparams.mask_seen)
-
-    def on_validation_epoch_end(self) -> None:
-        if self._val_mix is not None:
-            results = self._gathered_mix_metrics()
-            if not results:
-                return
-            best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
-            self.fusion_alpha.fill_(best)
-            self.log("valid/fusion_alpha", float(best), sync_dist=True)
-            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"], sync_dist=True)
-            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"], sync_dist=True)
-            metrics = results[best]
-        else:
-            if self._val_acc is None or self._val_acc.num_examples == 0:
-                return
-            metrics = self._val_acc.compute()
-        for key, value in metrics.items():
-            self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
-
-    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
-        """Validation metrics of every fusion weight over *all* processes' examples (per-rank metric
-        sums reduced with ``sum``), so that every rank chooses the same alpha on the whole set."""
-        from recdistill.metrics import metrics_from_sums, ranking_metric_sums
-
-        ks = self.hparams.eval_ks or [5, 10, 20]
-        alphas = list(self._val_mix)
-        sums = torch.cat([ranking_metric_sums(self._val_mix[a].ranks(), ks) for a in alphas])  # [A, 1 + 3k]
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            dtype = torch.float32 if self.device.type == "mps" else torch.float64
-            sums = trainer.strategy.reduce(sums.to(self.device, dtype), reduce_op="sum").double().cpu()
-        return {a: metrics_from_sums(row, ks) for a, row in zip(alphas, sums) if row[0] > 0}
-
-    def on_test_epoch_start(self) -> None:
-        self._test_acc = self._accumulator()
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        scores = self(batch["input_ids"])
-        self._test_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
-
-    def on_test_epoch_end(self) -> None:
-        if self._test_acc is None or self._test_acc.num_examples == 0:
-            return
-        for key, value in self._test_acc.compute().items():
-            self.log(f"test/{key}", value, sync_dist=True)
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        from recdistill.teacher.emit import predict_signals
-
-        if self.emit_config is None:
-            return {"scores": self(batch["input_ids"])}
-        return predict_signals(self, batch, **self.emit_config)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        item_params, decay, no_decay = [], [], []
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith(("item_emb", "item_residual", "item_bias")):
-                item_params.append(p)
-            elif name == "log_scale" or name.endswith("bias"):
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        groups = [
-            {"params": decay, "weight_decay": hp.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        if item_params:
-            groups.append({
-                "params": item_params,
-                "lr": hp.item_lr if hp.item_lr is not None else hp.lr,
-                "weight_decay": hp.item_weight_decay if hp.item_weight_decay is not None else hp.weight_decay,
-            })
-        return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr)
-
-    # ------------------------------------------------------------------ parameters
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
-    def head_state_dict(self) -> dict[str, Tensor]:
-        """Everything outside the frozen base and the LoRA adapter (tables, projections, scale)."""
-        return {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()
-                if not k.startswith("backbone.")}
-
-    def adapter_state_dict(self) -> dict[str, Tensor]:
-        from peft import get_peft_model_state_dict
-
-        return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.backbone).items()}
-
-    def trained_state_hash(self) -> str:
-        """sha256 over adapter + head weights: identifies the trained teacher (signals manifest)."""
-        tensors = {f"adapter.{k}": v for k, v in self.adapter_state_dict().items()}
-        tensors.update({f"head.{k}": v for k, v in self.head_state_dict().items()})
-        return _state_hash(tensors)
-
-    # Lightning checkpoints (for resuming a fit) hold only what training changes; the frozen base
-    # is rebuilt from its source, so loading is non-strict but checked to cover every trained key.
-    strict_loading = False
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        missing = sorted(k for k in self.state_dict() if is_trained_key(k) and k not in checkpoint["state_dict"])
-        if missing:
-            from recdistill.errors import CheckpointError
-
-            raise CheckpointError(f"teacher checkpoint lacks trained weights {missing[:5]} (of {len(missing)}): "
-                                  f"it was written by a different teacher configuration or dataset; use another "
-                                  f"--output-dir or run without --resume")
-
     def init_args(self) -> dict[str, Any]:
-        import inspect
-
-        accepted: set[str] = set()
-        for klass in type(self).__mro__:  # a subclass may pass parent args through **kwargs
-            if issubclass(klass, HLLMTeacher):
-                params = inspect.signature(klass.__init__).parameters.values()
-                accepted |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        accepted.discard("self")
+        """Constructor arguments recorded in ``teacher.json`` (never ``trust_remote_code``)."""
+        accepted = accepted_args(type(self))  # a subclass may pass parent args through **kwargs
         args = {k: v for k, v in dict(self.hparams).items() if k in accepted}  # drops LightningCLI's extras
         args.pop("progress", None)
         args.pop("trust_remote_code", None)  # a loader option that runs code is never stored in a checkpoint
@@ -704,26 +325,7 @@ class HLLMTeacher(L.LightningModule):
     # ------------------------------------------------------------------ checkpoint
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write adapter + head + teacher.json to ``directory`` atomically; returns it."""
-        args = self.init_args()
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "class": f"{type(self).__module__}.{type(self).__qualname__}",
-            "init_args": args,
-            "item_dim": self.item_dim,
-            "collab_dim": int(self.item_collab_emb.shape[1]) if hasattr(self, "item_collab_emb") else None,
-            "collab_model": ({"name": self.collab_model.registry_name, "init_args": self.collab_model.init_args}
-                             if hasattr(self, "collab_model") else None),
-            "base_model": self.base_ref.to_dict(),
-            "base_model_needs_remote_code": bool(self.hparams.get("trust_remote_code", False)),  # informational only
-            "dataset_fingerprint": self.dataset_fingerprint,
-            "trained_state_sha256": self.trained_state_hash(),
-        }
-
-        with atomic_directory(directory) as tmp:
-            self.backbone.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
-            save_file(self.head_state_dict(), str(tmp / "head.safetensors"), metadata={"format": "pt"})
-            (tmp / "teacher.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        return Path(directory)
+        return save_teacher(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, check_base: bool = True, trust_remote_code: bool = False,
@@ -735,70 +337,8 @@ class HLLMTeacher(L.LightningModule):
         base is reloaded at the recorded commit, and the base weights and the trained weights are checked
         against their recorded sha256 (a check that cannot be made raises ``BaseModelCheckWarning``).
         """
-        from peft import set_peft_model_state_dict
-
-        from recdistill.errors import CheckpointError
-        from recdistill.teacher.checkpoint import (
-            check_base_model, check_trained_state, constructor_args, read_teacher_json,
-        )
-
-        directory = Path(directory)
-        meta = read_teacher_json(directory)
-        args = constructor_args(cls, meta, directory, overrides)
-        args["trust_remote_code"] = bool(trust_remote_code)
-        num_items = int(args["num_items"])
-        for name in ("adapter_model.safetensors", "head.safetensors"):
-            if not (directory / name).is_file():
-                raise CheckpointError(f"teacher checkpoint {directory} lacks {name}; re-run `recdistill teacher fit`")
-        module = cls(**args, item_embeddings=torch.zeros(num_items, int(meta["item_dim"])))
-        module.collaborative_source = meta["init_args"].get("collaborative_embeddings")  # informational only
-        module.collaborative_model_source = meta["init_args"].get("collaborative_model")
-        check_base_model(BaseModelRef.from_dict(meta["base_model"]), module.base_ref, directory, check=check_base)
-        try:
-            adapter = load_file(str(directory / "adapter_model.safetensors"))
-            head = load_file(str(directory / "head.safetensors"))
-        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for a corrupt header
-            raise CheckpointError(f"cannot read the weights in {directory}: {exc}") from None
-        result = set_peft_model_state_dict(module.backbone, adapter)
-        unexpected = list(getattr(result, "unexpected_keys", []) or [])
-        if unexpected:
-            raise CheckpointError(f"adapter in {directory} has unexpected keys: {unexpected[:5]}")
-        try:
-            missing, unexpected = module.load_state_dict(head, strict=False)
-        except RuntimeError as exc:  # shape mismatch
-            raise CheckpointError(f"head weights in {directory / 'head.safetensors'} do not fit teacher.json: "
-                                  f"{str(exc).splitlines()[-1].strip()}") from None
-        missing = [k for k in missing if not k.startswith("backbone.")]
-        if missing or unexpected:
-            raise CheckpointError(f"head weights in {directory} do not match: missing {missing}, "
-                                  f"unexpected {unexpected}")
-        check_trained_state(module, meta, directory)
-        module.dataset_fingerprint = meta.get("dataset_fingerprint")
-        module.eval()
-        return module
-
-
-def load_item_embedding_file(path: str | Path) -> Tensor:
-    """Load ``Float[N, d]`` item embeddings from .safetensors / .npy / .pt (weights_only)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        tensors = load_file(str(path))
-        for key in ("item_text_embeddings", "item_embeddings", "embeddings"):
-            if key in tensors:
-                return tensors[key].float()
-        if len(tensors) == 1:
-            return next(iter(tensors.values())).float()
-        raise KeyError(f"{path} has no 'item_text_embeddings' tensor (has {sorted(tensors)})")
-    if path.suffix == ".npy":
-        import numpy as np
-
-        return torch.from_numpy(np.load(path, allow_pickle=False)).float()
-    if path.suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(obj, Tensor):
-            raise TypeError(f"{path} does not hold a single tensor")
-        return obj.float()
-    raise ValueError(f"unsupported item embedding file {path} (use .safetensors, .npy or .pt)")
+        return load_pretrained(cls, directory, check_base=check_base, trust_remote_code=trust_remote_code,
+                               overrides=overrides)
 
 
 def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
@@ -810,26 +350,3 @@ def reinitialize_layers(model: nn.Module, seed: int = 0) -> None:
         for module in [*inner.layers.modules(), *inner.norm.modules()]:
             model._init_weights(module)
 
-
-def load_teacher(directory: str | Path, *, trust_remote_code: bool = False, **overrides: Any) -> L.LightningModule:
-    """Load any teacher checkpoint by the class recorded in its ``teacher.json``, which must be a registered
-    teacher class (``recdistill.teacher.checkpoint.TEACHER_CLASSES``); ``trust_remote_code`` only from here."""
-    from recdistill.teacher.checkpoint import read_teacher_json, teacher_class
-
-    meta = read_teacher_json(directory)
-    cls = teacher_class(meta, directory)
-    return cls.from_pretrained(directory, trust_remote_code=trust_remote_code, **overrides)
-
-
-def is_trained_key(name: str) -> bool:
-    """State-dict keys that training changes: everything but the frozen base (LoRA included)."""
-    return not name.startswith("backbone.") or "lora_" in name
-
-
-def copy_trainable_state(module: nn.Module) -> dict[str, Tensor]:
-    """CPU copy of every trainable parameter (and item buffers) for best-epoch restore."""
-    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items() if is_trained_key(k)}
-
-
-def restore_trainable_state(module: nn.Module, state: dict[str, Tensor]) -> None:
-    module.load_state_dict(copy.copy(state), strict=False)

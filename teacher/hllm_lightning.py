@@ -1,0 +1,145 @@
+"""The HLLM teacher's Lightning loop: steps, fusion-weight search, optimiser groups, checkpoint hooks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from recdistill.teacher.checkpoint import is_trained_key
+from recdistill.teacher.collaborative import FUSION_GRID, mix_logits
+
+
+class HLLMLightningMixin:
+    """Training / validation / test / predict steps of :class:`~recdistill.teacher.hllm.HLLMTeacher`."""
+
+    def setup(self, stage: str) -> None:
+        """Read the per-item training counts from the trainer's data module (unless given)."""
+        if self._counts_given or not hasattr(self, "item_train_count"):
+            return
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        split = getattr(dm, "split", None)
+        if split is not None and hasattr(split, "item_train_counts"):
+            counts = torch.as_tensor(split.item_train_counts(), dtype=torch.float32)
+            if counts.shape == self.item_train_count.shape:
+                self.item_train_count.copy_(counts.to(self.item_train_count.device))
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+                 batch_size=int((batch["labels"] > 0).sum()))
+        return loss
+
+    def _accumulator(self):
+        from recdistill.metrics import RankingAccumulator
+
+        return RankingAccumulator(ks=self.hparams.eval_ks or [5, 10, 20])
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_acc = self._accumulator()
+        self._val_mix = {a: self._accumulator() for a in FUSION_GRID} if hasattr(self, "fusion_alpha") else None
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if self._val_mix is None:
+            scores = self(batch["input_ids"])
+            self._val_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+            return
+        user = self.encode(batch["input_ids"])["user"][:, -1]
+        teacher = self.score_items(user, fuse=False)
+        cf = self._gate_collaborative(teacher, self.collab_model.score(user[..., self.item_dim:]))
+        for alpha, acc in self._val_mix.items():
+            acc.update(mix_logits(teacher, cf, alpha), batch["target"], batch.get("history"),
+                       mask_seen=self.hparams.mask_seen)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._val_mix is not None:
+            results = self._gathered_mix_metrics()
+            if not results:
+                return
+            best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
+            self.fusion_alpha.fill_(best)
+            self.log("valid/fusion_alpha", float(best), sync_dist=True)
+            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"], sync_dist=True)
+            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"], sync_dist=True)
+            metrics = results[best]
+        else:
+            if self._val_acc is None or self._val_acc.num_examples == 0:
+                return
+            metrics = self._val_acc.compute()
+        for key, value in metrics.items():
+            self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
+
+    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
+        """Validation metrics of every fusion weight over *all* processes' examples (per-rank metric
+        sums reduced with ``sum``), so that every rank chooses the same alpha on the whole set."""
+        from recdistill.metrics import metrics_from_sums, ranking_metric_sums
+
+        ks = self.hparams.eval_ks or [5, 10, 20]
+        alphas = list(self._val_mix)
+        sums = torch.cat([ranking_metric_sums(self._val_mix[a].ranks(), ks) for a in alphas])  # [A, 1 + 3k]
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            dtype = torch.float32 if self.device.type == "mps" else torch.float64
+            sums = trainer.strategy.reduce(sums.to(self.device, dtype), reduce_op="sum").double().cpu()
+        return {a: metrics_from_sums(row, ks) for a, row in zip(alphas, sums) if row[0] > 0}
+
+    def on_test_epoch_start(self) -> None:
+        self._test_acc = self._accumulator()
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        scores = self(batch["input_ids"])
+        self._test_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
+
+    def on_test_epoch_end(self) -> None:
+        if self._test_acc is None or self._test_acc.num_examples == 0:
+            return
+        for key, value in self._test_acc.compute().items():
+            self.log(f"test/{key}", value, sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        from recdistill.teacher.emit_scoring import predict_signals
+
+        if self.emit_config is None:
+            return {"scores": self(batch["input_ids"])}
+        return predict_signals(self, batch, **self.emit_config)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        item_params, decay, no_decay = [], [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith(("item_emb", "item_residual", "item_bias")):
+                item_params.append(p)
+            elif name == "log_scale" or name.endswith("bias"):
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [
+            {"params": decay, "weight_decay": hp.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        if item_params:
+            groups.append({
+                "params": item_params,
+                "lr": hp.item_lr if hp.item_lr is not None else hp.lr,
+                "weight_decay": hp.item_weight_decay if hp.item_weight_decay is not None else hp.weight_decay,
+            })
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=hp.lr)
+
+    # Lightning checkpoints (for resuming a fit) hold only what training changes; the frozen base
+    # is rebuilt from its source, so loading is non-strict but checked to cover every trained key.
+    strict_loading = False
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if is_trained_key(k)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        missing = sorted(k for k in self.state_dict() if is_trained_key(k) and k not in checkpoint["state_dict"])
+        if missing:
+            from recdistill.errors import CheckpointError
+
+            raise CheckpointError(f"teacher checkpoint lacks trained weights {missing[:5]} (of {len(missing)}): "
+                                  f"it was written by a different teacher configuration or dataset; use another "
+                                  f"--output-dir or run without --resume")
