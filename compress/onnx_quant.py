@@ -82,23 +82,49 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, *, per_channel: bool
     """Dynamic int8 ``src`` -> ``dst``; returns (and writes) the quantization config.
 
     ``nodes_to_exclude``: node names of ``src`` (the names before quantization renames anything).
+    An item table that the lookup and the scoring share is split first (``unshared_source``).
     """
-    src, dst = Path(src), Path(dst)
+    with tempfile.TemporaryDirectory(prefix="recdistill-dynamic-") as scratch:
+        source, split = unshared_source(src, scratch)
+        config = _quantize_dynamic(source, Path(dst), per_channel, operators, use_optimum, nodes_to_exclude)
+    return _write_config(Path(dst), {**config, "source": Path(src).name, "tables_split_for_scoring": split})
+
+
+def unshared_source(src: str | Path, scratch: str | Path) -> tuple[Path, list[str]]:
+    """``src``, or a copy in ``scratch`` whose shared lookup/scoring tables are split.
+
+    ONNX Runtime's quantizers assume one consumer role per weight: rewriting ``Gemm(transB=1)``
+    transposes the initializer in place (the lookup then reads a transposed table) and QDQ picks
+    one per-channel axis per initializer. The split restores the exporter's original layout (a
+    scoring copy), so the quantized file holds the table for scoring and for the lookup.
+    """
+    from recdistill.export.shared_tables import unshare_lookup_tables
+
+    model = onnx.load(str(src))
+    split = unshare_lookup_tables(model)
+    if not split:
+        return Path(src), []
+    path = Path(scratch) / Path(src).name
+    onnx.save(model, str(path))
+    return path, split
+
+
+def _quantize_dynamic(src: Path, dst: Path, per_channel: bool, operators: Sequence[str], use_optimum: bool,
+                      nodes_to_exclude: Sequence[str]) -> dict[str, Any]:
     settings = {"method": "dynamic_int8", "per_channel": per_channel, "operators": list(operators),
                 "weight_type": "QInt8", "source": src.name, "nodes_to_exclude": list(nodes_to_exclude)}
     fallback = None
     if use_optimum:
         try:
             _optimum_dynamic(src, dst, per_channel, operators, nodes_to_exclude)
-            return _write_config(dst, {**settings, "tool": "optimum.ORTQuantizer + AutoQuantizationConfig.avx2"})
+            return {**settings, "tool": "optimum.ORTQuantizer + AutoQuantizationConfig.avx2"}
         except Exception as exc:  # noqa: BLE001 - any optimum failure falls back, and is recorded
             fallback = f"{type(exc).__name__}: {exc}"[:500]
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=QuantType.QInt8,
                      op_types_to_quantize=list(operators), nodes_to_exclude=list(nodes_to_exclude))
-    return _write_config(dst, {**settings, "tool": "onnxruntime.quantization.quantize_dynamic",
-                               "fallback_reason": fallback})
+    return {**settings, "tool": "onnxruntime.quantization.quantize_dynamic", "fallback_reason": fallback}
 
 
 def _optimum_dynamic(src: Path, dst: Path, per_channel: bool, operators: Sequence[str],
@@ -200,15 +226,18 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration_feeds: Se
     class Reader(_FeedReader, CalibrationDataReader):
         pass
 
-    quantize_static(str(src), str(dst), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    op_types_to_quantize=list(operators), calibrate_method=getattr(CalibrationMethod, method))
+    with tempfile.TemporaryDirectory(prefix="recdistill-static-") as scratch:
+        source, split = unshared_source(src, scratch)
+        quantize_static(str(source), str(dst), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(operators), calibrate_method=getattr(CalibrationMethod, method))
     return _write_config(dst, {"method": "static_int8", "tool": "onnxruntime.quantization.quantize_static",
                                "why_not_optimum": "ORTQuantizer.fit needs a datasets.Dataset + preprocessing; "
                                                   "calibration feeds here are tensors from the data module",
                                "format": "QDQ", "per_channel": per_channel, "operators": list(operators),
                                "activation_type": "QUInt8", "weight_type": "QInt8", "calibration_method": method,
-                               "calibration_batches": len(calibration_feeds), "source": src.name})
+                               "calibration_batches": len(calibration_feeds), "source": src.name,
+                               "tables_split_for_scoring": split})
 
 
 def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:

@@ -32,12 +32,11 @@ from torch import nn
 
 from recdistill.atomic import write_json
 from recdistill.compress import gate as G
-from recdistill.compress.onnx_quant import (
-    convert_fp16, quantize_dynamic_onnx, quantize_static_onnx, unfold_int8_item_table,
-)
+from recdistill.compress.int8_onnx import int8_onnx
+from recdistill.compress.onnx_quant import convert_fp16, quantize_dynamic_onnx, quantize_static_onnx
 from recdistill.compress.pq import pq_compress, save_pq_student
 from recdistill.compress.prune import count_params, prune_student
-from recdistill.compress.quantize import dynamic_int8, quantize_item_table, state_bytes
+from recdistill.compress.quantize import dynamic_int8, state_bytes
 from recdistill.compress.recover import recover
 
 _DATA_KEYS = ("eval_split", "calibration_split", "calibration_batches", "max_eval_batches")
@@ -207,17 +206,9 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
         candidates = []
         for scheme in table:
             name = f"onnx_int8_item_table_{scheme}"
-            if scheme == "per_tensor":  # ORT's Gather quantization: one scale for the whole table
-                c = quantize_dynamic_onnx(src, onnx_dir / f"{name}.onnx", operators=("MatMul", "Gemm", "Gather"))
-            elif scheme == "per_row":
-                tmp = run.export(quantize_item_table(parent, "per_row"), onnx_dir / "item_table_per_row_fp32.onnx")
-                unfolded = onnx_dir / "item_table_per_row_unfolded.onnx"
-                score_nodes = unfold_int8_item_table(tmp, unfolded)
-                c = quantize_dynamic_onnx(unfolded, onnx_dir / f"{name}.onnx", nodes_to_exclude=score_nodes)
-                c["item_table"] = ("per-row int8 QuantizedEmbedding (compress/quantize.py); scoring reads the "
-                                   "same int8 table, dequantized per row in the graph")
-            else:
+            if scheme not in ("per_tensor", "per_row"):
                 raise ValueError(f"item_table scheme must be per_tensor or per_row, got {scheme!r}")
+            c = int8_onnx(parent, src, onnx_dir / f"{name}.onnx", item_table=scheme)
             candidates.append(run.gate_onnx(name, onnx_dir / f"{name}.onnx", {"quantization": c}))
         if candidates:
             summary["item_table_choice"] = G.pick_best(candidates)

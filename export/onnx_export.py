@@ -36,6 +36,7 @@ from recdistill.export.graphs import (
     CTR, CTRGraph, dynamic_axes, example_inputs, num_items, student_kind, student_max_len,
     student_name, wrap,
 )
+from recdistill.export.shared_tables import share_transposed_tables
 from recdistill.export.parity import (
     DEFAULT_ATOL, DEFAULT_RTOL, ParityError, ParityResult, check_parity, default_shapes,
 )
@@ -147,6 +148,8 @@ def export_onnx(
             M.KEY_VERSION: _recdistill_version(),
             M.KEY_TORCH_VERSION: torch.__version__,
         }
+        names = [i.name for i in proto.graph.input]
+        shared = share_transposed_tables(proto, dict(zip(names, (t.numpy() for t in inputs))))
         onnx.helper.set_model_props(proto, M.encode_metadata(values))
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))
@@ -170,6 +173,7 @@ def export_onnx(
             "item_space_sha256": item_space_sha256,
             "data_fingerprint": data_fingerprint,
             "quantization": None,
+            "shared_tables": shared,  # transposed copies the exporter folded, now read from the original
             "versions": {"recdistill": values[M.KEY_VERSION], "torch": torch.__version__, "onnx": onnx.__version__,
                          "onnxruntime": _ort_version(), "python": platform.python_version()},
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
