@@ -178,7 +178,12 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
         elif ctr:
             notes["recover"] = "skipped: recovery fine-tuning is implemented for sequential students only"
         else:
-            history = recover(pruned, parent, run.dm.train_dataloader(), **cfg)
+            if cfg.get("signals"):  # the LLM teacher's cache, checked against this dataset
+                from recdistill.teacher.cache_reader import TeacherSignals
+
+                cfg["signals"] = TeacherSignals(cfg["signals"], split=run.dm.split)
+            teacher = parent if cfg.pop("parent_as_teacher", True) else None
+            history = recover(pruned, teacher, run.dm.train_dataloader(), **cfg)
             save_student(pruned, out / "pruned_recovered")
             run.gate_torch("pruned_recovered", pruned,
                            (out / "pruned_recovered" / "model.safetensors").stat().st_size,
