@@ -1,0 +1,66 @@
+"""Bookkeeping of the compress and distill-sweep benchmarks on hand-made payloads: targets are judged
+on the recorded numbers, deltas and medians are computed from the runs."""
+
+from __future__ import annotations
+
+from recdistill.benchmarks.compress import best_int8, check_targets, render_markdown
+from recdistill.benchmarks.distill_sweep import render_markdown as render_sweep
+
+
+def _run(artefact: str, batch: int, threads: int, p50: float, p99: float) -> dict:
+    return {"artefact": artefact, "batch_size": batch, "threads": threads, "bytes": 1024,
+            "latency_ms": {"p50": p50, "p99": p99}}
+
+
+def _payload() -> dict:
+    variants = [
+        {"name": "onnx_fp32", "passed": True, "size_bytes": 1000, "parent_ndcg10": 0.10, "ndcg10": 0.10,
+         "ndcg10_ratio": 1.0, "top10_overlap": 1.0, "size_ratio": 0.9},
+        {"name": "onnx_int8_item_table_per_row", "passed": True, "size_ratio": 0.28, "ndcg10": 0.099,
+         "ndcg10_ratio": 0.99, "top10_overlap": 0.95},
+        {"name": "pruned_recovered", "passed": False, "params": 40, "parent_params": 100, "ndcg10": 0.09,
+         "ndcg10_ratio": 0.90, "top10_overlap": 0.5, "reasons": ["NDCG@10 below"]},
+        {"name": "onnx_pruned_int8", "passed": False, "size_bytes": 200, "ndcg10": 0.0985, "top10_overlap": 0.6,
+         "reasons": ["overlap"]},
+    ]
+    runs = [_run("pytorch_fp32", 1, 1, 0.9, 2.0), _run("onnx_fp32", 1, 1, 0.15, 0.5),
+            _run("onnx_int8_item_table_per_row", 1, 1, 0.3, 0.8)]
+    return {"seed": 0, "torch": "x", "machine": {"cpus": 2},
+            "students": {"sasrec": {"compress": {"parent": {"ndcg@10": 0.1},
+                                                 "item_table_choice": {"chosen": "onnx_int8_item_table_per_row"},
+                                                 "variants": variants, "notes": {}},
+                                    "profile": {"runs": runs}}},
+            "teachers": {"seq_len": 50, "sasrec_pytorch": {"latency_ms": {"p50": 1.0, "p99": 2.0}},
+                         "text_prompt_teacher": {"latency_ms": {"p50": 800.0, "p99": 900.0},
+                                                 "ratio_to_sasrec_p50": 800.0}}}
+
+
+def test_compress_targets_are_judged_on_the_numbers() -> None:
+    payload = _payload()
+    assert best_int8(payload["students"]["sasrec"]) == "onnx_int8_item_table_per_row"
+    targets = {t["target"]: t for t in check_targets(payload)}
+    assert targets["SASRec ONNX fp32 p50, batch 1, 1 thread (ms)"]["met"] is True      # 0.15 <= 0.2
+    speedup = targets["SASRec ONNX Runtime over PyTorch eager, batch 1, 1 thread (x)"]
+    assert abs(speedup["value"] - 6.0) < 1e-9 and speedup["met"]                         # 0.9 / 0.15
+    assert targets["SASRec onnx_int8_item_table_per_row file / fp32 file"]["met"] is True  # 0.28 <= 0.3
+    assert targets["SASRec pruned + recovered parameters / unpruned"]["value"] == 0.4
+    assert targets["SASRec pruned + recovered NDCG@10 / unpruned"]["met"] is False       # 0.90 < 0.97
+    pruned_int8 = targets["SASRec pruned + int8 file / fp32 file"]
+    assert pruned_int8["value"] == 0.2 and pruned_int8["met"]                            # 200 / 1000
+    assert targets["SASRec pruned + int8 NDCG@10 / unpruned fp32"]["met"] is True        # 0.985
+    assert targets["text prompt teacher / PyTorch SASRec per-user p50 (x)"]["met"] is False  # 800 < 1000
+    markdown = render_markdown({**payload, "targets": check_targets(payload)})
+    assert "| sasrec | onnx_fp32 |" in markdown and "**no**" in markdown
+
+
+def test_sweep_delta_is_distilled_minus_plain_median() -> None:
+    def row(kind: str, seed: int, ndcg: float) -> dict:
+        return {"student": "gru4rec", "hidden_size": None, "kind": kind, "seed": seed, "num_parameters": 1000,
+                "valid": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg, "cold/ndcg@10": 0.0}}
+
+    payload = {"variant": "v", "seeds": [0, 1, 2], "teacher": {"test": {"ndcg@10": 0.1}}, "torch": "x",
+               "rows": [row("plain", 0, 0.10), row("plain", 1, 0.12), row("plain", 2, 0.11),
+                        row("distilled", 0, 0.13), row("distilled", 1, 0.11), row("distilled", 2, 0.12)]}
+    line = next(l for l in render_sweep(payload).splitlines() if l.startswith("| gru4rec"))
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[4] == "0.1100" and cells[5] == "0.1200" and cells[6] == "+0.0100"
