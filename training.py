@@ -93,6 +93,8 @@ KNOWN_NOISE = (
     r"Could not find a config file in .* will assume that the vocabulary was not modified",  # peft, GGUF base
     r".*does not have many workers.*",  # in-memory batches: workers would only add overhead
     r"The number of training batches .* is smaller than the logging interval.*",
+    # our evaluation metrics are summed over the processes before they are logged (exact, see student/tasks.py)
+    r"It is recommended to use `self.log\('(valid|test)/.*sync_dist=True\)` when logging on epoch level",
 )
 
 
@@ -217,3 +219,11 @@ def check_resume_checkpoint(path: str | Path, model: torch.nn.Module,
         raise CheckpointError(f"cannot resume from {path}: it was trained on another dataset (fingerprint "
                               f"{recorded[:12]}... vs {current[:12]}...); use another --output-dir or run without "
                               f"--resume")
+
+
+def say(*args: Any, **kwargs: Any) -> None:
+    """``print`` on the global-zero process only (a multi-process run reports once)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if getattr(rank_zero_only, "rank", 0) == 0:
+        print(*args, **kwargs)

@@ -11,14 +11,24 @@ Sequential batches (item inputs LEFT-padded with 0, keeping the most recent ``ma
   ``train_windows="all"`` one row per ``max_len`` window of that part (every label once).
 - valid/test/predict: ``input_ids`` Long[B, L], ``target`` Long[B], ``history`` Long[B, H] (all
   earlier items, left-padded to the batch's longest), ``user`` Long[B], ``example_id`` Long[B].
+
+Under several processes (Lightning DDP/FSDP with ``use_distributed_sampler``, the default), the
+loaders Lightning asks for are sharded here by :class:`RankShardSampler` instead of by Lightning's
+``DistributedSampler``: training rank ``r`` reads ``order[r::world]`` of the very epoch order one
+process reads, so with ``batch_size`` ``b`` per process the union of the processes' step-``s``
+batches is the single-process step-``s`` batch of size ``world * b`` (and ``data.seed`` is kept);
+validation and test are split without padding, so every example is evaluated exactly once (a
+padded ``DistributedSampler`` repeats examples, which would count them twice in the metric sums).
 """
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from recdistill.data.sampling import EpochShuffleSampler
 from recdistill.data.batching import BatchedDataset, collate, left_pad, offsets_of
@@ -93,6 +103,55 @@ class SequentialEvalDataset(BatchedDataset):
                 "example_id": idx.astype(np.int64) * EXAMPLE_STRIDE + p}
 
 
+class RankShardSampler(DistributedSampler):
+    """One process's share ``order[rank::num_replicas]`` of the order a single process reads.
+
+    ``order`` is :class:`~recdistill.data.sampling.EpochShuffleSampler`'s epoch order for ``seed``
+    (``shuffle``) or ``0..length-1``. ``pad=True`` (training: every process must run the same number
+    of steps) repeats the start of the order up to a multiple of ``num_replicas``, as
+    ``DistributedSampler`` does; ``pad=False`` (evaluation) gives every example to exactly one
+    process (shares differ by at most one). A ``DistributedSampler`` subclass, so Lightning keeps it
+    and calls :meth:`set_epoch`.
+    """
+
+    def __init__(self, length: int, num_replicas: int, rank: int, *, shuffle: bool, seed: int = 0,
+                 pad: bool) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in 0..{num_replicas - 1}")
+        super().__init__(range(length), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.length, self.pad = length, pad
+        self.total_size = -(-length // num_replicas) * num_replicas if pad else length
+        self.num_samples = len(range(rank, self.total_size, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            single = EpochShuffleSampler(self.length, self.seed)
+            single.set_epoch(self.epoch)
+            order = list(single)
+        else:
+            order = list(range(self.length))
+        while order and len(order) < self.total_size:
+            order += order[: self.total_size - len(order)]
+        return iter(order[self.rank::self.num_replicas])
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def _distributed_sampler_kwargs(trainer: L.Trainer | None) -> dict[str, int] | None:
+    """``{"num_replicas", "rank"}`` when ``trainer`` runs several processes and lets samplers be
+    replaced (``use_distributed_sampler``), else None."""
+    if trainer is None or getattr(trainer, "world_size", 1) <= 1:
+        return None
+    connector = getattr(trainer, "_accelerator_connector", None)
+    if not getattr(connector, "use_distributed_sampler", True):
+        return None  # the user shards the data themselves
+    kwargs = trainer.distributed_sampler_kwargs
+    if not kwargs or kwargs.get("num_replicas", 1) <= 1:
+        return None
+    return {"num_replicas": int(kwargs["num_replicas"]), "rank": int(kwargs["rank"])}
+
+
 class _SplitDataModule(L.LightningDataModule):
     """Shared loading, loaders and ``from_split``."""
 
@@ -138,14 +197,26 @@ class _SplitDataModule(L.LightningDataModule):
                           sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
+    def _trainer_loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The loader Lightning asks for: :meth:`dataloader`, or under several processes this process's
+        :class:`RankShardSampler` share (padded for training only)."""
+        dist = _distributed_sampler_kwargs(getattr(self, "trainer", None))
+        if dist is None:
+            return self.dataloader(split, shuffle=shuffle)
+        dataset = self._dataset(split)
+        sampler = RankShardSampler(len(dataset), **dist, shuffle=shuffle, seed=self.seed, pad=split == "train")
+        return DataLoader(dataset, batch_size=self.batch_size if split == "train" else self.eval_batch_size,
+                          sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
     def train_dataloader(self) -> DataLoader:
-        return self.dataloader("train", shuffle=True)
+        return self._trainer_loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.dataloader("valid")
+        return self._trainer_loader("valid", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self.dataloader("test")
+        return self._trainer_loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
         return self.dataloader("test")

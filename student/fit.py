@@ -121,8 +121,12 @@ def fit_student(config: str | Path, output_dir: str | Path, overrides: list[str]
         "dataset_fingerprint": getattr(datamodule, "fingerprint", None),
         "threads": torch.get_num_threads(),
     }
-    save_student(student, output_dir / "student")
-    write_json(output_dir / "metrics.json", metrics)
+    try:
+        if trainer.is_global_zero:  # one writer; under several processes every one computed the same
+            save_student(student, output_dir / "student")
+            write_json(output_dir / "metrics.json", metrics)
+    finally:
+        trainer.strategy.barrier("fit_student")  # the others return once the artefacts exist
     return metrics
 
 

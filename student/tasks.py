@@ -217,6 +217,11 @@ class SequentialRecommender(L.LightningModule):
 
     def _finish(self, stage: str) -> None:
         store = self._sums.pop(stage, {})
+        if self.trainer.world_size > 1:  # every process reduces the same tensors, in the same order,
+            rows = 1 + len(SLICES) if self.item_train_counts is not None else 1  # even one that saw no batch
+            prefixes = [""] + ([f"sampled{self.sampled_negatives}_"] if self.sampled_negatives else [])
+            store = {p: store.get(p, torch.zeros(rows, 1 + 3 * len(self.ks), dtype=torch.float64))
+                     for p in prefixes}
         metrics: dict[str, float] = {}
         for prefix, sums in store.items():
             if self.trainer.world_size > 1:  # exact: sum the per-example sums of every process
@@ -252,6 +257,16 @@ class SequentialRecommender(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+
+def _gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """Every process's ``rows [n_r, C]`` concatenated in rank order (``n_r`` may differ: evaluation
+    shards are not padded, so that no example is counted twice)."""
+    sizes = module.all_gather(torch.tensor([rows.shape[0]], device=module.device)).flatten().tolist()
+    padded = rows.new_zeros(max(sizes), rows.shape[1])
+    padded[: rows.shape[0]] = rows
+    gathered = module.all_gather(padded)  # [world, max n_r, C]
+    return torch.cat([gathered[r, :n] for r, n in enumerate(sizes)])
 
 
 class CTRRecommender(L.LightningModule):
@@ -297,7 +312,7 @@ class CTRRecommender(L.LightningModule):
 
     def _finish(self, stage: str) -> None:
         rows = torch.cat(self._outputs.pop(stage, []) or [torch.empty(0, 3, device=self.device)])
-        rows = self.all_gather(rows).reshape(-1, 3) if self.trainer.world_size > 1 else rows
+        rows = _gather_rows(self, rows) if self.trainer.world_size > 1 else rows
         if rows.numel() == 0:
             return
         metrics = ctr_metrics(rows[:, 0], rows[:, 1], rows[:, 2].long())

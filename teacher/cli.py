@@ -28,6 +28,7 @@ from typing import Any
 from recdistill.teacher.evaluate import evaluate_teacher
 from recdistill.teacher.fit import fit_teacher
 from recdistill.teacher.signals import emit_signals
+from recdistill.training import say
 
 
 def _add_common(parser) -> None:
@@ -137,7 +138,7 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
         output_dir.mkdir(parents=True, exist_ok=True)  # only once the recipe and the data are known to be good
         write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir, resume=resume)
-        print(f"wrote teacher checkpoint {path}")
+        say(f"wrote teacher checkpoint {path}")
         return 0
     datamodule, cfg = _data_only(config, rest)
     checkpoint = output_dir / "adapter"
@@ -162,11 +163,11 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
                             train_stride=e["train_stride"], exclude_target=e["exclude_target"],
                             batch_size=e["batch_size"], max_new_shards=e["max_new_shards"],
                             trainer_kwargs=_emit_trainer_kwargs(e))
-        print(f"wrote teacher signals {path}")
+        say(f"wrote teacher signals {path}")
         return 0
     ev = cfg["eval"]
     metrics = evaluate_teacher(module, datamodule, output_dir, splits=ev["splits"],
                                long_tail_threshold=ev["long_tail_threshold"], latency_users=ev["latency_users"])
     shown = {k: round(v, 4) for k, v in metrics.get("test", {}).items() if k.endswith("@10")}
-    print(f"teacher test: {shown}; wrote {output_dir / 'metrics.json'}")
+    say(f"teacher test: {shown}; wrote {output_dir / 'metrics.json'}")
     return 0

@@ -81,17 +81,22 @@ def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, 
     if restore_best and best.state is not None:
         restore_trainable_state(module, best.state)
     module.eval()
-    path = module.save_pretrained(output_dir / "adapter")
-    atomic_write_json(output_dir / "fit.json", {
-        "monitor": monitor,
-        "best_epoch": best.best_epoch,
-        "best_score": best.best_score,
-        "restored_best": bool(restore_best and best.state is not None),
-        "epochs_run": trainer.current_epoch,
-        "fit_seconds": seconds,
-        "history": best.history,
-        "dataset_fingerprint": module.dataset_fingerprint,
-        "base_model": module.base_ref.to_dict(),
-        "checkpoint": str(path),
-    })
+    path = output_dir / "adapter"
+    try:
+        if trainer.is_global_zero:  # one writer; under several processes every one holds the same teacher
+            path = module.save_pretrained(path)
+            atomic_write_json(output_dir / "fit.json", {
+                "monitor": monitor,
+                "best_epoch": best.best_epoch,
+                "best_score": best.best_score,
+                "restored_best": bool(restore_best and best.state is not None),
+                "epochs_run": trainer.current_epoch,
+                "fit_seconds": seconds,
+                "history": best.history,
+                "dataset_fingerprint": module.dataset_fingerprint,
+                "base_model": module.base_ref.to_dict(),
+                "checkpoint": str(path),
+            })
+    finally:  # the other processes return once the checkpoint exists (e.g. to emit from it)
+        trainer.strategy.barrier("fit_teacher")
     return path

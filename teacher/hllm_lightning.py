@@ -27,7 +27,7 @@ class HLLMLightningMixin:
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True,
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True,
                  batch_size=int((batch["labels"] > 0).sum()))
         return loss
 
@@ -59,30 +59,37 @@ class HLLMLightningMixin:
                 return
             best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
             self.fusion_alpha.fill_(best)
-            self.log("valid/fusion_alpha", float(best), sync_dist=True)
-            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"], sync_dist=True)
-            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"], sync_dist=True)
+            self.log("valid/fusion_alpha", float(best))
+            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"])
+            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"])
             metrics = results[best]
         else:
-            if self._val_acc is None or self._val_acc.num_examples == 0:
-                return
-            metrics = self._val_acc.compute()
+            metrics = self._gathered_metrics([self._val_acc])[0]
+        # every value is already over all processes' examples: no sync_dist averaging on top
         for key, value in metrics.items():
-            self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10", sync_dist=True)
+            self.log(f"valid/{key}", value, prog_bar=key == "ndcg@10")
 
-    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
-        """Validation metrics of every fusion weight over *all* processes' examples (per-rank metric
-        sums reduced with ``sum``), so that every rank chooses the same alpha on the whole set."""
+    def _gathered_metrics(self, accumulators: list[Any]) -> list[dict[str, float]]:
+        """Metrics of each accumulator over *all* processes' examples: per-rank metric sums reduced
+        with ``sum`` (exact with uneven shards; a rank without examples still joins the reduce)."""
         from recdistill.metrics import metrics_from_sums, ranking_metric_sums
 
         ks = self.hparams.eval_ks or [5, 10, 20]
-        alphas = list(self._val_mix)
-        sums = torch.cat([ranking_metric_sums(self._val_mix[a].ranks(), ks) for a in alphas])  # [A, 1 + 3k]
+        empty = torch.empty(0, dtype=torch.long)
+        sums = torch.cat([ranking_metric_sums(acc.ranks() if acc is not None else empty, ks)
+                          for acc in accumulators])  # [A, 1 + 3k]
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.world_size > 1:
             dtype = torch.float32 if self.device.type == "mps" else torch.float64
             sums = trainer.strategy.reduce(sums.to(self.device, dtype), reduce_op="sum").double().cpu()
-        return {a: metrics_from_sums(row, ks) for a, row in zip(alphas, sums) if row[0] > 0}
+        return [metrics_from_sums(row, ks) for row in sums]
+
+    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
+        """Validation metrics of every fusion weight over all processes' examples, so that every
+        rank chooses the same alpha on the whole set."""
+        alphas = list(self._val_mix)
+        rows = self._gathered_metrics([self._val_mix[a] for a in alphas])
+        return {a: row for a, row in zip(alphas, rows) if row}
 
     def on_test_epoch_start(self) -> None:
         self._test_acc = self._accumulator()
@@ -92,10 +99,8 @@ class HLLMLightningMixin:
         self._test_acc.update(scores, batch["target"], batch.get("history"), mask_seen=self.hparams.mask_seen)
 
     def on_test_epoch_end(self) -> None:
-        if self._test_acc is None or self._test_acc.num_examples == 0:
-            return
-        for key, value in self._test_acc.compute().items():
-            self.log(f"test/{key}", value, sync_dist=True)
+        for key, value in self._gathered_metrics([self._test_acc])[0].items():
+            self.log(f"test/{key}", value)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         from recdistill.teacher.emit_scoring import predict_signals
