@@ -12,6 +12,8 @@ Sequential students (item indices ``1..num_items``, ``0`` = padding, inputs left
   itself for causal students; BERT4Rec drops the oldest item and appends its mask token).
 - ``objective`` is ``"next_item"`` (causal) or ``"cloze"`` (BERT4Rec); cloze students expose
   ``mask_token`` and ``encode_masked(tokens)`` and are trained on masked positions of ``sequence``.
+- ``item_embedding`` (``nn.Embedding``): rows ``0..num_items`` are padding + items; extra tokens
+  (BERT4Rec's mask) come after. :func:`item_input_table` returns those ``N + 1`` rows.
 
 CTR students take ``sparse: Long[B, F]`` (one id per categorical field, each field indexed
 from 0 within its own vocabulary), ``dense: Float[B, D]`` and ``history: Long[B, H]``
@@ -120,3 +122,15 @@ def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
     """Turn tuples into lists so the arguments round-trip through JSON/YAML."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}
 
+
+def item_input_table(student: nn.Module) -> torch.Tensor:
+    """The sequential student's input item table ``[num_items + 1, d]`` (row 0 = padding), without
+    extra tokens such as BERT4Rec's mask; detached. Raises ``TypeError`` for a student without one."""
+    table = getattr(student, "item_embedding", None)
+    num_items = getattr(student, "num_items", None)
+    if not isinstance(table, nn.Embedding) or num_items is None:
+        raise TypeError(f"{type(student).__name__} has no item_embedding table over num_items items")
+    if table.num_embeddings < num_items + 1:
+        raise ValueError(f"{type(student).__name__}.item_embedding has {table.num_embeddings} rows for "
+                         f"{num_items} items")
+    return table.weight.detach()[: num_items + 1]

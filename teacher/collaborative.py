@@ -110,14 +110,16 @@ def load_collaborative_embeddings(source: Any, num_items: int) -> Tensor:
                 f"model.collaborative_embeddings={path} does not exist. Train the collaborative student first, e.g. "
                 f"`recdistill student fit --config ml100k_sasrec_windows --output-dir runs/ml100k/sasrec_windows` "
                 f"(the folder is OUTPUT_DIR/student), or set model.collaborative_embeddings to null")
-        if path.is_dir():
-            weights = path / "model.safetensors"
-            if not weights.is_file():
+        if path.is_dir():  # a student folder, read through the student contract
+            from recdistill.student.base import item_input_table
+            from recdistill.student.io import load_student
+
+            if not (path / "model.safetensors").is_file():
                 raise FileNotFoundError(f"collaborative_embeddings={path} is not a student folder (no model.safetensors)")
-            state = load_file(str(weights))
-            if "item_embedding.weight" not in state:
-                raise KeyError(f"student in {path} has no item_embedding.weight to use as collaborative_embeddings")
-            table = state["item_embedding.weight"].float()
+            try:
+                table = item_input_table(load_student(path)).float()
+            except TypeError as exc:
+                raise ValueError(f"collaborative_embeddings={path}: {exc}; use a sequential student") from None
         else:
             table = load_item_embedding_file(path)
     if table.shape[0] == num_items:

@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from recdistill.atomic import atomic_path
 from recdistill.teacher.loading import BaseModelRef
+
+log = logging.getLogger(__name__)
 
 Tokenizer = Any  # a HF tokenizer, or any object with ``encode(text) -> list[int]``, or a callable
 
@@ -204,8 +206,9 @@ def encode_item_texts(
                 emb = f.get_tensor("item_text_embeddings")
             if meta.get("key_fields") == json.dumps(key_fields, sort_keys=True) and emb.shape[0] == len(texts):
                 return emb
-        except Exception:  # corrupt cache file: recompute and replace
-            pass
+        except Exception as exc:  # noqa: BLE001 - an unreadable cache file is recomputed and replaced, said once
+            log.warning("item-text embedding cache %s is unreadable (%s: %s); recomputing it",
+                        path, type(exc).__name__, str(exc)[:200])
     ids = tokenize_texts(tokenizer, prompts, max_length)
     skip: int = 0
     prefix = template.split("{text}")[0]
@@ -216,17 +219,9 @@ def encode_item_texts(
     if standardize:
         emb = standardise(emb)
     if cacheable:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file({"item_text_embeddings": emb.contiguous()}, tmp,
+        with atomic_path(path) as tmp:
+            save_file({"item_text_embeddings": emb.contiguous()}, str(tmp),
                       metadata={"key_fields": json.dumps(key_fields, sort_keys=True)})
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     return emb
 
 
