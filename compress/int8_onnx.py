@@ -2,8 +2,9 @@
 
 ``int8_onnx(model, fp32_path, dst, item_table="per_row")``:
 
-- ``per_row`` (students with an ``nn.Embedding`` item table): the table becomes a per-row int8
-  ``QuantizedEmbedding`` (one scale per item, ``compress/quantize.py``), exported, the scoring
+- ``per_row`` (students with an ``nn.Embedding`` item table): the table (and any other embedding
+  table, e.g. positions) becomes a per-row int8 ``QuantizedEmbedding`` (one scale per row,
+  ``compress/quantize.py``), exported, the scoring
   MatMul rewired to read that int8 table (``unfold_int8_item_table``), then every other
   MatMul/Gemm is dynamically quantized (int8 weights, activations quantized per call);
 - ``per_tensor``: ONNX Runtime's dynamic quantization of MatMul, Gemm and Gather (one scale for
@@ -53,12 +54,14 @@ def int8_onnx(model: nn.Module, fp32_path: str | Path, dst: str | Path, *, item_
         config["item_table"] = "per-tensor int8 Gather (ONNX Runtime dynamic quantization)"
         return config
     with tempfile.TemporaryDirectory(prefix="recdistill-int8-") as scratch:
-        per_row = export_onnx(quantize_item_table(model, "per_row"), Path(scratch) / "per_row_fp32.onnx").path
+        quantized = quantize_item_table(model, "per_row", other_tables=True)  # position tables too
+        per_row = export_onnx(quantized, Path(scratch) / "per_row_fp32.onnx").path
         unfolded = Path(scratch) / "per_row_unfolded.onnx"
         score_nodes = unfold_int8_item_table(per_row, unfolded)
         config = quantize_dynamic_onnx(unfolded, dst, nodes_to_exclude=score_nodes)
-    config["item_table"] = ("per-row int8 QuantizedEmbedding (compress/quantize.py); scoring reads the same int8 "
-                            "table, dequantized per row in the graph")
+    config["item_table"] = ("per-row int8 QuantizedEmbedding (compress/quantize.py) for the item table and every "
+                            "other embedding table; scoring reads the same int8 item table, dequantized per row in "
+                            "the graph")
     return config
 
 

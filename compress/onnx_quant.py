@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 
 from recdistill.atomic import write_json
+from recdistill.export.compact import compact_file, compact_names
 
 QUANT_OPS = frozenset({
     "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear",
@@ -87,6 +88,7 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, *, per_channel: bool
     with tempfile.TemporaryDirectory(prefix="recdistill-dynamic-") as scratch:
         source, split = unshared_source(src, scratch)
         config = _quantize_dynamic(source, Path(dst), per_channel, operators, use_optimum, nodes_to_exclude)
+    compact_file(dst)
     return _write_config(Path(dst), {**config, "source": Path(src).name, "tables_split_for_scoring": split})
 
 
@@ -231,6 +233,7 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration_feeds: Se
         quantize_static(str(source), str(dst), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(operators), calibrate_method=getattr(CalibrationMethod, method))
+    compact_file(dst)
     return _write_config(dst, {"method": "static_int8", "tool": "onnxruntime.quantization.quantize_static",
                                "why_not_optimum": "ORTQuantizer.fit needs a datasets.Dataset + preprocessing; "
                                                   "calibration feeds here are tensors from the data module",
@@ -246,6 +249,7 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
 
     src, dst = Path(src), Path(dst)
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    compact_names(model)
     onnx.save(model, str(dst))
     return _write_config(dst, {"method": "fp16", "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
                                "keep_io_types": True, "source": src.name})

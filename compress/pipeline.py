@@ -219,7 +219,8 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
             summary["item_table_choice"] = G.pick_best(candidates)
         if pruned is not None and cfg.get("pruned_int8", True):
             fp32 = run.export(pruned, onnx_dir / "pruned_fp32.onnx")
-            c = quantize_dynamic_onnx(fp32, onnx_dir / "pruned_int8.onnx")
+            scheme = "per_row" if "per_row" in table else "none"  # the item table too, as for the parent
+            c = int8_onnx(pruned, fp32, onnx_dir / "pruned_int8.onnx", item_table=scheme)
             run.gate_onnx("onnx_pruned_int8", onnx_dir / "pruned_int8.onnx",
                           {"quantization": c, "from": "pruned_recovered" if "recover" in steps and not ctr
                            else "pruned"})

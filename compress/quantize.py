@@ -64,13 +64,19 @@ class QuantizedEmbedding(nn.Module):
         return f"{self.num_embeddings}, {self.embedding_dim}, scheme={self.scheme!r}, padding_idx={self.padding_idx}"
 
 
-def quantize_item_table(model: nn.Module, scheme: str = "per_row") -> nn.Module:
-    """A copy of ``model`` with its ``item_embedding`` replaced by a ``QuantizedEmbedding``."""
+def quantize_item_table(model: nn.Module, scheme: str = "per_row", *, other_tables: bool = False) -> nn.Module:
+    """A copy of ``model`` with its ``item_embedding`` replaced by a ``QuantizedEmbedding``;
+    ``other_tables``: every other ``nn.Embedding`` too (position tables; always per row)."""
     embedding = getattr(model, "item_embedding", None)
     if not isinstance(embedding, nn.Embedding):
         raise TypeError(f"{type(model).__name__} has no nn.Embedding item_embedding to quantize")
     out = copy.deepcopy(model).eval()
     out.item_embedding = QuantizedEmbedding.from_embedding(embedding, scheme)
+    if other_tables:
+        for name, module in list(out.named_modules()):
+            for child_name, child in list(module.named_children()):
+                if isinstance(child, nn.Embedding):
+                    setattr(module, child_name, QuantizedEmbedding.from_embedding(child, "per_row"))
     return out
 
 

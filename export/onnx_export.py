@@ -36,6 +36,7 @@ from recdistill.export.graphs import (
     CTR, CTRGraph, dynamic_axes, example_inputs, num_items, student_kind, student_max_len,
     student_name, wrap,
 )
+from recdistill.export.compact import compact_names
 from recdistill.export.shared_tables import share_transposed_tables
 from recdistill.export.parity import (
     DEFAULT_ATOL, DEFAULT_RTOL, ParityError, ParityResult, check_parity, default_shapes,
@@ -150,6 +151,7 @@ def export_onnx(
         }
         names = [i.name for i in proto.graph.input]
         shared = share_transposed_tables(proto, dict(zip(names, (t.numpy() for t in inputs))))
+        compact_names(proto)  # n0.., v0..: names are a large share of a small model's file
         onnx.helper.set_model_props(proto, M.encode_metadata(values))
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, str(tmp))

@@ -94,3 +94,24 @@ def test_static_per_channel_quantization_of_a_shared_table(tmp_path: Path) -> No
     top = lambda s: np.argsort(-s, axis=1)[:, :10]  # noqa: E731
     overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top(out), top(ref))])
     assert overlap > 0.5
+
+
+def test_compact_names_keep_the_interface_and_the_outputs(tmp_path: Path) -> None:
+    from recdistill.export.compact import compact_names
+
+    torch.manual_seed(0)
+    model = build_student("sasrec", num_items=N, hidden_size=D, num_layers=2, num_heads=2, max_len=12).eval()
+    path = export_onnx(model, tmp_path / "m.onnx").path  # exported compact
+    proto = onnx.load(str(path))
+    assert all(n.name.startswith("n") for n in proto.graph.node)
+    ids = torch.randint(1, N + 1, (4, 12)).numpy()
+    before = make_session(path).run(None, {"input_ids": ids})[0]
+    long_names = onnx.ModelProto()
+    long_names.CopyFrom(proto)
+    for node in long_names.graph.node:  # names as an exporter writes them
+        node.name = "/student/blocks.0/attention/query/" + node.name
+    assert compact_names(long_names) > 30 * len(long_names.graph.node)
+    assert [i.name for i in long_names.graph.input] == ["input_ids"]
+    assert {t.name for t in long_names.graph.initializer} == {t.name for t in proto.graph.initializer}
+    onnx.save(long_names, str(tmp_path / "c.onnx"))
+    np.testing.assert_array_equal(make_session(tmp_path / "c.onnx").run(None, {"input_ids": ids})[0], before)
