@@ -218,6 +218,26 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot serialise {type(value).__name__} to JSON")
 
 
+class CorruptFileError(ValueError):
+    """A file's bytes fail its own integrity check (a zip member's CRC-32, a recorded sha256)."""
+
+
+def verify_zip_file(path: str | os.PathLike[str]) -> None:
+    """Check every member of a zip archive against its CRC-32, e.g. a ``torch.save`` / Lightning
+    checkpoint, which ``torch.load`` reads without checking: a flipped byte in a tensor would load
+    silently. Raises :class:`CorruptFileError` naming ``path``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, UnicodeDecodeError,
+            NotImplementedError, RuntimeError) as exc:
+        raise CorruptFileError(f"{path} is corrupt: not a readable zip archive ({exc})") from None
+    if bad is not None:
+        raise CorruptFileError(f"{path} is corrupt: member {bad} fails its CRC-32 check")
+
+
 def item_space_hash(item_ids: Any) -> str:
     """sha256 over the ordered raw item ids (item index ``i`` <-> ``item_ids[i - 1]``): the identity of
     an item-id space, shared by the signal cache, exported models and their runtime."""

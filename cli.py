@@ -11,6 +11,9 @@
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
     recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
+    recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
+    recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--update-readme README.md]
+    recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--update-readme README.md]
     recdistill run RECIPE --output-dir DIR
     recdistill compare RUN_DIR [RUN_DIR ...] [--output-dir OUT]
     recdistill quickstart [--output-dir runs/quickstart]
@@ -68,25 +71,27 @@ def _data_info(args: argparse.Namespace, rest: list[str]) -> int:
 
 def _student_fit(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.student.fit import fit_student
+    from recdistill.training import say
 
     metrics = fit_student(args.config, args.output_dir, rest, resume=args.resume)
     test = metrics["test"]
     shown = {k: round(v, 4) for k, v in test.items() if k.endswith("@10") or k in ("auc", "logloss", "gauc")}
-    print(f"test ({metrics['student']}, best epoch {metrics['best_epoch']}): {shown}")
-    print(f"wrote {args.output_dir}/metrics.json")
+    say(f"test ({metrics['student']}, best epoch {metrics['best_epoch']}): {shown}")
+    say(f"wrote {args.output_dir}/metrics.json")
     return 0
 
 
 def _distill_fit(args: argparse.Namespace, rest: list[str]) -> int:
     from recdistill.distill.fit import fit_distilled
+    from recdistill.training import say
 
     metrics = fit_distilled(args.config, args.output_dir, rest, resume=args.resume)
     test = metrics["test"]
     shown = {k: round(v, 4) for k, v in test.items()
              if k in ("ndcg@10", "hr@10", "cold/ndcg@10", "rare/ndcg@10", "auc", "gauc", "logloss")}
     terms = ", ".join(f"{t['name']}×{t.get('weight', 1.0)}" for t in metrics["distill"]["terms"]) or "no terms"
-    print(f"test ({metrics['student']} distilled with {terms}; best epoch {metrics['best_epoch']}): {shown}")
-    print(f"wrote {args.output_dir}/metrics.json")
+    say(f"test ({metrics['student']} distilled with {terms}; best epoch {metrics['best_epoch']}): {shown}")
+    say(f"wrote {args.output_dir}/metrics.json")
     return 0
 
 
@@ -98,6 +103,30 @@ def _teacher(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _bench(args: argparse.Namespace, rest: list[str]) -> int:
+    if args.suite == "faults":
+        from recdistill.benchmarks.faults import run_fault_benchmark
+
+        if rest:
+            raise ConfigError(f"bench faults takes no recipe overrides: {' '.join(rest)}")
+        payload = run_fault_benchmark(args.output_dir, kills_per_command=args.kills, seed=args.seed,
+                                      flips_per_kind=args.flips, readme=args.update_readme)
+        totals = payload["totals"]
+        print(f"kills survived {totals['kills_survived']}/{totals['kills']}, corruptions detected "
+              f"{totals['corruptions_detected']}/{totals['corruptions']}, bad inputs rejected "
+              f"{totals['bad_inputs_rejected']}/{totals['bad_inputs']}; wrote {args.output_dir}/faults.json")
+        return 0
+    if args.suite == "compress":
+        from recdistill.benchmarks.compress import run_compress_benchmark
+
+        run_compress_benchmark(args.output_dir, students=args.students, seed=(args.seeds or [0])[0],
+                               teachers=not args.no_teachers, readme=args.update_readme)
+        return 0
+    if args.suite == "distill-sweep":
+        from recdistill.benchmarks.distill_sweep import run_distill_sweep
+
+        run_distill_sweep(args.output_dir, seeds=args.seeds, variant=(args.variants or [None])[0],
+                          readme=args.update_readme)
+        return 0
     if args.suite == "distill":
         from recdistill.benchmarks.distill import run_distill_benchmark
 
@@ -197,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
-    bench.add_argument("suite", choices=["students", "teacher", "distill"])
+    bench.add_argument("suite", choices=["students", "teacher", "distill", "distill-sweep", "compress", "faults"])
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
@@ -205,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", nargs="*", default=None, help="distill: the variants to run (default: all)")
     bench.add_argument("--no-control", action="store_true",
                        help="distill: skip the control teacher (random-init LLM layers)")
+    bench.add_argument("--no-teachers", action="store_true",
+                       help="compress: skip the teacher-to-student latency rows")
+    bench.add_argument("--kills", type=int, default=10, help="faults: SIGKILLs per command (at least)")
+    bench.add_argument("--seed", type=int, default=0, help="faults: seed of the kill times and flipped bytes")
+    bench.add_argument("--flips", type=int, default=3, help="faults: byte flips per corrupted file kind")
     bench.add_argument("--update-readme", metavar="README", default=None,
                        help="also replace the results table between the bench markers of this README")
     bench.set_defaults(handler=_bench)

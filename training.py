@@ -196,7 +196,13 @@ def check_resume_checkpoint(path: str | Path, model: torch.nn.Module,
     dataset or recipe: its weights (those ``select`` keeps, default all) must have ``model``'s names and shapes,
     and a recorded ``dataset_fingerprint`` hyper-parameter must equal the model's. Checked before anything is
     written, so a refused resume leaves the run folder as it was."""
+    from recdistill.atomic import CorruptFileError, verify_zip_file
+
     path = Path(path)
+    try:  # torch.load does not check the archive's CRC-32s: a flipped tensor byte would resume silently
+        verify_zip_file(path)
+    except CorruptFileError as exc:
+        raise CheckpointError(f"cannot resume from {path}: {exc}; delete it or run without --resume") from None
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = checkpoint["state_dict"]

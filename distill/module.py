@@ -63,7 +63,8 @@ class DistilledSequentialRecommender(SequentialRecommender):
         from recdistill.teacher.cache_reader import TeacherSignals
 
         self.signals_dir = str(signals)
-        self.signals = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory)
+        # verify: every shard's sha256 against the manifest once per fit (a flipped byte is refused)
+        self.signals = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory, verify=True)
         specs = [TermSpec.parse(t, i) for i, t in enumerate(terms)]
         wanted = {TEACHER_SIGNALS[k] for s in specs for k in declared_inputs(DISTILL_LOSSES[s.name], s.params).values()
                   if k in TEACHER_SIGNALS}

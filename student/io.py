@@ -1,17 +1,22 @@
 """Save and load a trained student without Lightning or the recipe that made it.
 
 A student folder holds ``model.safetensors`` (weights) and ``student.json``
-(``{"name": registry name, "init_args": constructor arguments, "weights_sha256": ...}``), written
-atomically.
+(``{"name": registry name, "init_args": constructor arguments, "weights_sha256": ..., "spec_sha256": ...}``),
+written atomically. ``spec_sha256`` is the sha256 of the canonical JSON of the other three fields, so
+a changed value that still builds a model and fits the weights (a flipped digit of ``dropout``) is
+caught too.
 
 ``student.json`` is untrusted input when loading: ``name`` must be a registered student (never a
 class path), ``init_args`` must be plain JSON values accepted by its constructor, no other keys are
 allowed, the weights are read only from the folder's own ``model.safetensors`` and must match the
-recorded sha256. Every failure is a :class:`~recdistill.errors.CheckpointError` naming the file.
+recorded sha256, and the spec must match its own recorded sha256 (checked last, so a crafted field
+is reported by name first; files written before it existed have none). Every failure is a
+:class:`~recdistill.errors.CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -39,11 +44,18 @@ def save_student(model: nn.Module, directory: str | Path) -> Path:
     with atomic_path(directory / WEIGHTS_NAME) as tmp:
         save_file(state, str(tmp), metadata={"student": name})
         digest = sha256_file(tmp)
-    write_json(directory / SPEC_NAME, {"name": name, "init_args": init_args, "weights_sha256": digest})
+    spec = {"name": name, "init_args": init_args, "weights_sha256": digest}
+    write_json(directory / SPEC_NAME, {**spec, "spec_sha256": spec_digest(spec)})
     return directory
 
 
-_SPEC_KEYS = {"name", "init_args", "weights_sha256"}
+_SPEC_KEYS = {"name", "init_args", "weights_sha256", "spec_sha256"}
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON (sorted keys, no spaces) of a spec's fields other than ``spec_sha256``."""
+    fields = {k: v for k, v in spec.items() if k != "spec_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def read_student_spec(directory: str | Path) -> dict[str, Any]:
@@ -67,8 +79,9 @@ def read_student_spec(directory: str | Path) -> dict[str, Any]:
                               f"got {spec.get('name')!r:.80}")
     if not isinstance(spec.get("init_args"), dict):
         raise CheckpointError(f"{spec_path}: 'init_args' must be a JSON object of constructor arguments")
-    if spec.get("weights_sha256") is not None and not isinstance(spec["weights_sha256"], str):
-        raise CheckpointError(f"{spec_path}: 'weights_sha256' must be a hex string")
+    for key in ("weights_sha256", "spec_sha256"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise CheckpointError(f"{spec_path}: '{key}' must be a hex string")
     return spec
 
 
@@ -98,4 +111,7 @@ def load_student(directory: str | Path) -> nn.Module:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise CheckpointError(f"{weights} does not fit {spec_path}: {' '.join(str(exc).split())[:300]}") from None
+    if spec.get("spec_sha256") is not None and spec_digest(spec) != spec["spec_sha256"]:
+        raise CheckpointError(f"{spec_path} does not match its recorded spec_sha256: the file is corrupt or was "
+                              f"edited (save the student again with save_student)")
     return model.eval()

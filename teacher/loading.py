@@ -123,8 +123,12 @@ def resolve_source(source: str, gguf_file: str | None = None) -> tuple[str, Path
         return "folder", path, gguf_file
     if path.exists():
         raise ValueError(f"{path} is neither a model folder nor a .gguf file")
-    if source.startswith((".", "/", "~")):
-        raise FileNotFoundError(f"model folder {path} does not exist")
+    # a hub id is "name" or "owner/name"; anything with more path parts, or whose parent folder
+    # exists, is a local path that is missing (a one-line error, not a hub lookup)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1 or (
+            "/" in source and path.parent != Path(".") and path.parent.is_dir()):
+        raise FileNotFoundError(f"model folder {path} does not exist (model.base_model: an asset name, a .gguf "
+                                f"file, a local model folder or a hub id 'owner/name')")
     return "hub", source, gguf_file
 
 
