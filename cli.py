@@ -119,12 +119,14 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         from recdistill.benchmarks.compress import run_compress_benchmark
 
         run_compress_benchmark(args.output_dir, students=args.students, seed=(args.seeds or [0])[0],
-                               teachers=not args.no_teachers, readme=args.update_readme)
+                               teachers=not args.no_teachers, readme=args.update_readme,
+                               parent_max_epochs=args.parent_max_epochs)
         return 0
     if args.suite == "distill-sweep":
-        from recdistill.benchmarks.distill_sweep import run_distill_sweep
+        from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
 
         run_distill_sweep(args.output_dir, seeds=args.seeds, variant=(args.variants or [None])[0],
+                          students=tuple(args.students) if args.students is not None else OTHER_STUDENTS,
                           readme=args.update_readme)
         return 0
     if args.suite == "distill":
@@ -236,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="distill: skip the control teacher (random-init LLM layers)")
     bench.add_argument("--no-teachers", action="store_true",
                        help="compress: skip the teacher-to-student latency rows")
+    bench.add_argument("--parent-max-epochs", type=int, default=None,
+                       help="compress: cap the training of parents not trained yet (recorded per student)")
     bench.add_argument("--kills", type=int, default=10, help="faults: SIGKILLs per command (at least)")
     bench.add_argument("--seed", type=int, default=0, help="faults: seed of the kill times and flipped bytes")
     bench.add_argument("--flips", type=int, default=3, help="faults: byte flips per corrupted file kind")

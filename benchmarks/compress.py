@@ -69,24 +69,33 @@ def compress_config(name: str) -> dict[str, Any]:
 
 def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", students: list[str] | None = None,
                            seed: int = 0, teachers: bool = True, readme: str | Path | None = None,
-                           min_seconds: float = 1.0) -> dict[str, Any]:
+                           min_seconds: float = 1.0, parent_max_epochs: int | None = None) -> dict[str, Any]:
+    """Run the benchmark for ``students``; rows of other students already in ``compress.json``
+    (an earlier invocation) are kept, so the table can be built over several runs.
+    ``parent_max_epochs``: train parents for at most that many epochs (a separate run folder;
+    recorded in the row)."""
     output_dir = Path(output_dir)
     names = students or [*SEQUENTIAL, *CTR]
     unknown = [n for n in names if n not in SEQUENTIAL + CTR]
     if unknown:
         raise ValueError(f"unknown student(s) {unknown}; known: {[*SEQUENTIAL, *CTR]}")
     started = time.time()
-    payload: dict[str, Any] = {"seed": seed, "students": {}, "torch": torch.__version__,
+    previous = output_dir / "compress.json"
+    kept = json.loads(previous.read_text()).get("students", {}) if previous.exists() else {}
+    payload: dict[str, Any] = {"seed": seed, "students": {k: v for k, v in kept.items() if k not in names},
+                               "torch": torch.__version__,
                                "machine": {"processor": platform.processor() or platform.machine(),
                                            "cpus": _cpu_count()}}
     for name in names:
-        student_dir = _parent_run(output_dir, name, seed)
+        student_dir = _parent_run(output_dir, name, seed, parent_max_epochs)
         summary = _compress_run(output_dir, name, seed, student_dir)
-        payload["students"][name] = {"student_dir": str(student_dir), "compress": _strip(summary)}
+        payload["students"][name] = {"student_dir": str(student_dir), "compress": _strip(summary),
+                                     "parent_max_epochs": parent_max_epochs,
+                                     "parent_test": json.loads((student_dir.parent / "metrics.json").read_text())
+                                     .get("test")}
     for name in names:  # timings last and back to back, once every artefact exists
         entry = payload["students"][name]
-        entry["profile"] = profile_student(Path(entry["student_dir"]),
-                                           output_dir / "runs" / f"compress-{name}-seed{seed}",
+        entry["profile"] = profile_student(Path(entry["student_dir"]), Path(entry["compress"]["run_dir"]),
                                            min_seconds=min_seconds)
         write_json(output_dir / "compress.json", payload)
     if teachers and "sasrec" in payload["students"]:
@@ -108,15 +117,16 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _parent_run(output_dir: Path, name: str, seed: int) -> Path:
+def _parent_run(output_dir: Path, name: str, seed: int, max_epochs: int | None = None) -> Path:
     """The plain student's run folder (trained from ``ml100k_<name>``, reused when unchanged)."""
     from recdistill.benchmarks.teacher import _collaborative_run
     from recdistill.student.fit import fit_student
 
-    if name == "sasrec":  # ml100k_sasrec trains the same model as the teacher benchmark's SASRec
+    if name == "sasrec" and max_epochs is None:  # ml100k_sasrec trains the teacher benchmark's SASRec
         return _collaborative_run(output_dir, seed) / "student"
-    run_dir = output_dir / "runs" / f"{name}-seed{seed}"
-    args = [f"--seed_everything={seed}"]
+    cap = [] if max_epochs is None else [f"--trainer.max_epochs={max_epochs}"]
+    run_dir = output_dir / "runs" / f"{name}{'' if max_epochs is None else f'-epochs{max_epochs}'}-seed{seed}"
+    args = [f"--seed_everything={seed}", *cap]
     inputs = {"recipe": recipe_path(f"ml100k_{name}").read_text(), "args": args}
     run_stage(f"{name}-seed{seed}", run_dir, inputs, lambda d: fit_student(f"ml100k_{name}", d, args))
     return run_dir / "student"
@@ -126,10 +136,11 @@ def _compress_run(output_dir: Path, name: str, seed: int, student_dir: Path) -> 
     from recdistill.compress.pipeline import run_compress
 
     config = compress_config(name)
-    run_dir = output_dir / "runs" / f"compress-{name}-seed{seed}"
+    tag = student_dir.parent.name.removesuffix(f"-seed{seed}").removeprefix(name)  # e.g. "-epochs20"
+    run_dir = output_dir / "runs" / f"compress-{name}{tag if tag.startswith('-epochs') else ''}-seed{seed}"
     inputs = {"config": config, "student_sha256": sha256_file(student_dir / "model.safetensors")}
-    return run_stage(f"compress-{name}-seed{seed}", run_dir, inputs,
-                     lambda d: run_compress(student_dir, config, d))
+    summary = run_stage(run_dir.name, run_dir, inputs, lambda d: run_compress(student_dir, config, d))
+    return {**summary, "run_dir": str(run_dir)}
 
 
 def _strip(summary: dict[str, Any]) -> dict[str, Any]:
@@ -315,6 +326,10 @@ def render_markdown(payload: dict[str, Any]) -> str:
                 f"| {name} | {artefact} | {b1['bytes'] / 1024:.0f} | {_quality(entry, artefact)} | "
                 f"{_verdict(entry, artefact)} | {_ms(b1)} | {_ms(b1, 'p99')} | {_ms(_run(profile, artefact, 32, 1))} | "
                 f"{_ms(_run(profile, artefact, 256, 1))} | {_ms(_run(profile, artefact, 256, 2))} |")
+    capped = {n: e["parent_max_epochs"] for n, e in payload["students"].items() if e.get("parent_max_epochs")}
+    if capped:
+        lines += ["", "Parents trained for fewer epochs than their recipe (this machine's budget): " +
+                  ", ".join(f"{n} (at most {m} epochs)" for n, m in capped.items()) + "."]
     lines += ["", "Other gated variants (PyTorch runtime unless named):", "",
               "| student | variant | params | size ratio | quality | ratio to parent | top-10 overlap | gate |",
               "|---|---|---:|---:|---:|---:|---:|---|"]
