@@ -10,10 +10,13 @@ from .hidden import HiddenStateAlignmentLoss
 from .multilayer import MultiLayerAlignmentLoss, evenly_spaced_mapping
 from .contrastive import ContrastiveAlignmentLoss
 from .embedding import EmbeddingAlignmentLoss, TeacherEmbeddingFusion, pca_init
+# embedding utilisation (KAR-style frozen teacher vectors as CTR features)
+from .knowledge_features import KnowledgeSpec, build_knowledge_tables
 
 __all__ = [
     "DISTILL_LOSSES", "build_loss", "register_loss",
     "RankingDistillationLoss", "ImportanceRankingDistillationLoss", "CTRSoftLabelLoss", "ListNetLoss",
     "SoftLabelKLLoss", "HiddenStateAlignmentLoss", "MultiLayerAlignmentLoss", "evenly_spaced_mapping",
     "ContrastiveAlignmentLoss", "EmbeddingAlignmentLoss", "TeacherEmbeddingFusion", "pca_init",
+    "KnowledgeSpec", "build_knowledge_tables",
 ]

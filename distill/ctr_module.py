@@ -15,6 +15,12 @@ Leakage guard: a teacher fitted on the sequential leave-one-out split has traine
 the CTR split holds out for validation and test. The cache's dataset fingerprint must be the one of
 :func:`~recdistill.data.ctr.ctr_train_prefix` (teacher recipe with ``data.holdout: ctr``, and its
 collaborative SASRec too); the full split's fingerprint is refused with that instruction.
+
+``knowledge_features`` (KAR, Xi et al. 2024): the student becomes a
+:class:`~recdistill.student.knowledge_features.KnowledgeAugmentedCTR` around the recipe's student,
+reading frozen teacher user/item vectors (precomputed at setup from the cache and the CTR training rows
+only, :mod:`recdistill.distill.knowledge_features`) through a trainable adapter; the terms still apply,
+and the saved student is that wrapper, which needs no cache.
 """
 
 from __future__ import annotations
@@ -50,13 +56,23 @@ class DistilledCTRRecommender(CTRRecommender):
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         in_memory: bool | str = "auto",
+        knowledge_features: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(student, field_dims=field_dims, dense_dim=dense_dim, num_items=num_items, lr=lr,
-                         weight_decay=weight_decay)
+        from recdistill.distill.knowledge_features import KnowledgeSpec, wrap_student
         from recdistill.teacher.cache_reader import TeacherSignals
 
+        reader = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory, verify=True)
+        knowledge = KnowledgeSpec.parse(knowledge_features) if knowledge_features is not None else None
+        if knowledge is not None:
+            student = wrap_student(student, knowledge, reader, list(field_dims), dense_dim, num_items)
+        super().__init__(student, field_dims=field_dims, dense_dim=dense_dim, num_items=num_items, lr=lr,
+                         weight_decay=weight_decay)
         self.signals_dir = str(signals)
-        self.signals = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory)
+        self.signals = reader
+        self.knowledge = knowledge
+        self._knowledge_ready = False
+        self.knowledge_info: dict[str, Any] = {}  # which signals, how many users had a training row
+        self._user_projection: Any = None  # raw teacher state -> table row (train_user_vectors: example)
         specs = [TermSpec.parse(t, i) for i, t in enumerate(terms)]
         for spec in specs:
             unusable = set(declared_inputs(DISTILL_LOSSES[spec.name], spec.params).values()) - CTR_CONTEXT
@@ -88,6 +104,12 @@ class DistilledCTRRecommender(CTRRecommender):
         if datamodule is None:
             return
         check_no_leakage(self.signals.manifest, datamodule, self.signals_dir)
+        if self.knowledge is not None and not self._knowledge_ready:
+            from recdistill.distill.knowledge_features import fill_from_datamodule
+
+            tables = fill_from_datamodule(self.student, self.signals, datamodule, self.knowledge)
+            self.knowledge_info, self._user_projection = tables.info, tables.user_projection
+            self._knowledge_ready = True
         if "teacher_logits" in self._context_keys and not bool(self.calibration[2]):
             a, b = fit_platt(*self._training_scores(datamodule))
             self.calibration.copy_(torch.tensor([a, b, 1.0]))
@@ -107,6 +129,15 @@ class DistilledCTRRecommender(CTRRecommender):
         return scores[valid][:, 0].float(), torch.from_numpy(examples.label)[valid].float()
 
     # -- training ----------------------------------------------------------------------
+    def task_loss(self, batch: dict[str, Tensor]) -> Any:
+        """The plain task loss; with ``knowledge_features.train_user_vectors: example`` each training
+        row reads its own pre-event teacher state instead of the served per-user table."""
+        if self.knowledge is None or self.knowledge.train_user_vectors != "example" or self._user_projection is None:
+            return super().task_loss(batch)
+        from recdistill.distill.knowledge_features import row_task_loss
+
+        return row_task_loss(self.student, self.signals, self.knowledge, self._user_projection, batch)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.task_loss(batch)
         context, coverage = self._context(out, batch) if len(self.terms) else (None, 0.0)

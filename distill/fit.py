@@ -32,7 +32,8 @@ def fit_distilled(config: str | Path, output_dir: str | Path, overrides: list[st
     manifest = json.loads((signals / "manifest.json").read_text())
     metrics["distill"] = {
         "terms": resolved.get("terms") or [],
-        **{key: resolved[key] for key in ("item_embedding_init", "embedding_fusion") if key in resolved},
+        **{key: resolved[key] for key in ("item_embedding_init", "embedding_fusion", "knowledge_features")
+           if key in resolved},
         "signals": str(signals.resolve()),
         "teacher": manifest.get("teacher"),
         "signals_dataset": manifest.get("dataset"),

@@ -1,7 +1,8 @@
 """recdistill.student: small, fast students and the registry that builds them by name.
 
 Sequential: ``sasrec``, ``gru4rec``, ``caser``, ``bert4rec``. CTR: ``deepfm``, ``dcnv2``,
-``din``. The contract is in ``student/base.py``.
+``din``, and ``kar`` (any CTR student plus frozen teacher
+vectors through a small adapter, ``student/knowledge_features.py``). The contract is in ``student/base.py``.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from recdistill.student.dcnv2 import DCNv2
 from recdistill.student.deepfm import DeepFM
 from recdistill.student.din import DIN
 from recdistill.student.gru4rec import GRU4Rec
+from recdistill.student.knowledge_features import KnowledgeAugmentedCTR
 from recdistill.student.sasrec import SASRec
 
 __all__ = [
-    "BERT4Rec", "DCNv2", "DIN", "STUDENTS", "Caser", "DeepFM", "Encoded", "GRU4Rec", "SASRec",
+    "BERT4Rec", "DCNv2", "DIN", "STUDENTS", "Caser", "DeepFM", "Encoded", "GRU4Rec", "KnowledgeAugmentedCTR", "SASRec",
     "UnknownStudentError", "build_student", "register_student",
 ]
 

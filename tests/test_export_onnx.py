@@ -30,6 +30,9 @@ KWARGS: dict[str, dict[str, Any]] = {
     "deepfm": dict(field_dims=FIELD_DIMS, dense_dim=2, embed_dim=8, mlp_dims=(16, 8)),
     "dcnv2": dict(field_dims=FIELD_DIMS, dense_dim=2, embed_dim=8, num_cross_layers=2, mlp_dims=(16, 8)),
     "din": dict(field_dims=FIELD_DIMS, dense_dim=2, num_items=N, embed_dim=8, attention_dims=(8,), mlp_dims=(16, 8)),
+    "kar": dict(field_dims=FIELD_DIMS, dense_dim=2, backbone="deepfm",
+                backbone_args={"embed_dim": 8, "mlp_dims": [16, 8], "dropout": 0.0},
+                user_vector_dim=4, item_vector_dim=4, adapter_dim=3, interaction=True, item_field=1),
 }
 SEQUENTIAL = ["sasrec", "gru4rec", "caser", "bert4rec"]
 GRID = [(1, 5), (3, 1), (3, 10), (17, 5), (17, 10)]  # export shape is (2, 7)

@@ -38,6 +38,9 @@ CTR: list[tuple[str, dict[str, Any]]] = [
     ("dcnv2", dict(field_dims=FIELD_DIMS, embed_dim=8, num_cross_layers=2, mlp_dims=())),
     ("din", dict(field_dims=FIELD_DIMS, dense_dim=DENSE, num_items=N, embed_dim=8, attention_dims=(8,),
                  mlp_dims=(16, 8))),
+    ("kar", dict(field_dims=FIELD_DIMS, dense_dim=DENSE, backbone="dcnv2",
+                 backbone_args={"embed_dim": 8, "num_cross_layers": 1, "mlp_dims": [16]},
+                 user_vector_dim=4, item_vector_dim=3, adapter_dim=3)),
 ]
 ZOO = SEQUENTIAL + CTR
 
@@ -118,7 +121,7 @@ def test_declared_numbers_of_layers() -> None:
         "dcnv2[num_cross_layers=2,mlp_dims=(16, 8)]": 4,
         "dcnv2[num_cross_layers=2,mlp_dims=(16,),structure=parallel]": 4,
         "dcnv2[num_cross_layers=0,mlp_dims=(16,),structure=parallel]": 2,
-        "dcnv2[num_cross_layers=2,mlp_dims=()]": 2, "din[mlp_dims=(16, 8)]": 2,
+        "dcnv2[num_cross_layers=2,mlp_dims=()]": 2, "din[mlp_dims=(16, 8)]": 2, "kar[]": 2,
     }
     assert {k: m.num_layers for k, m in built.items()} == expected
     gru = built["gru4rec[num_layers=3,gru_size=12]"]
@@ -142,6 +145,8 @@ def _block_hooks(model: nn.Module) -> tuple[Callable[[], None], list, list]:
     first_in: list = []
     outputs: list = []
     name = model.registry_name
+    if name == "kar":  # the knowledge-augmented wrapper's layers are its backbone's
+        return _block_hooks(model.backbone)
     handles = []
     if name in ("sasrec", "bert4rec"):
         handles.append(_capture(model.blocks[0], first_in, "input"))
@@ -177,6 +182,8 @@ def test_layer0_is_the_first_blocks_input_and_entries_are_block_outputs(case: tu
     with torch.no_grad():
         enc = model.encode(*inputs)
     remove()
+    if name == "kar":  # checked as its backbone, which read [dense; adapter output]
+        model, kwargs, name = model.backbone, model.backbone.init_args, model.backbone.registry_name
     if first_in:
         torch.testing.assert_close(enc.layers[0], first_in[0])
     n = model.num_layers

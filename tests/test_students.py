@@ -26,6 +26,9 @@ CTR_KWARGS: dict[str, dict[str, Any]] = {
     "deepfm": dict(field_dims=FIELD_DIMS, dense_dim=DENSE, embed_dim=8, mlp_dims=(16, 8)),
     "dcnv2": dict(field_dims=FIELD_DIMS, dense_dim=DENSE, embed_dim=8, num_cross_layers=2, mlp_dims=(16, 8)),
     "din": dict(field_dims=FIELD_DIMS, dense_dim=DENSE, num_items=N, embed_dim=8, attention_dims=(8,), mlp_dims=(16, 8)),
+    "kar": dict(field_dims=FIELD_DIMS, dense_dim=DENSE, backbone="deepfm",
+                backbone_args={"embed_dim": 8, "mlp_dims": [16, 8], "dropout": 0.0},
+                user_vector_dim=4, item_vector_dim=4, adapter_dim=3, interaction=True, item_field=1),
 }
 CTR_VARIANTS = [(name, kw) for name, kw in CTR_KWARGS.items()] + [
     ("dcnv2", {**CTR_KWARGS["dcnv2"], "structure": "parallel"}),
