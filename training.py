@@ -103,7 +103,7 @@ class _NoTips(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "💡 Tip" not in message and "consider to run pre-processing before quantization" not in message
+        return "💡 Tip" not in message and "pre-processing before quantization" not in message
 
 
 def quiet_known_noise() -> None:

@@ -128,7 +128,7 @@ def _parent_run(output_dir: Path, name: str, seed: int, max_epochs: int | None =
     run_dir = output_dir / "runs" / f"{name}{'' if max_epochs is None else f'-epochs{max_epochs}'}-seed{seed}"
     args = [f"--seed_everything={seed}", *cap]
     inputs = {"recipe": recipe_path(f"ml100k_{name}").read_text(), "args": args}
-    run_stage(f"{name}-seed{seed}", run_dir, inputs, lambda d: fit_student(f"ml100k_{name}", d, args))
+    run_stage(run_dir.name, run_dir, inputs, lambda d: fit_student(f"ml100k_{name}", d, args))
     return run_dir / "student"
 
 
