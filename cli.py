@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         takes_overrides = args.command in ("student", "teacher", "distill", "bench", "quickstart")
         if rest and not takes_overrides:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        if args.command in ("student", "teacher", "distill", "bench", "run", "quickstart", "compress"):
+        if args.command in ("student", "teacher", "distill", "bench", "run", "quickstart", "compress", "export"):
             from recdistill.training import quiet_known_noise
 
             quiet_known_noise()  # library tips and known-harmless warnings stay off the console
