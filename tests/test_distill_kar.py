@@ -198,10 +198,11 @@ def test_options_are_checked_and_the_recipe_parses():
         build_student("kar", field_dims=[4, 5], user_vector_dim=3, item_vector_dim=2, interaction=True)
     with pytest.raises(ValueError, match="backbone_args must not set"):
         build_student("kar", field_dims=[4, 5], item_vector_dim=2, backbone_args={"dense_dim": 3})
-    recipe = read_recipe(recipe_path("ml100k_deepfm_kar"))
-    assert student_task(recipe) == "ctr"
-    spec = KnowledgeSpec.parse(recipe["model"]["knowledge_features"])
-    assert spec.item_signal == "score_items" and spec.user_signal is None and not spec.use_interaction()
+    for name in ("ml100k_deepfm_kar", "ml100k_din_kar", "ml100k_dcnv2_kar"):
+        recipe = read_recipe(recipe_path(name))
+        assert student_task(recipe) == "ctr", name
+        spec = KnowledgeSpec.parse(recipe["model"]["knowledge_features"])
+        assert spec.item_signal == "score_items" and spec.user_signal is None and not spec.use_interaction()
 
 
 def test_example_mode_trains_on_each_rows_own_pre_event_state_and_serves_the_table(planted, tmp_path):
