@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench bench-teacher bench-distill clean
+.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-faults clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ bench-teacher: $(STAMP)
 # Vanilla vs distilled students from one teacher cache (reuses the runs above when they exist).
 bench-distill: $(STAMP)
 	$(BIN)/recdistill bench distill --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
+
+# The best distillation on SASRec hidden 16/32/64 (+ --students gru4rec caser bert4rec).
+bench-distill-sweep: $(STAMP)
+	$(BIN)/recdistill bench distill-sweep --output-dir benchmarks/results --students --update-readme README.md
+
+# Every student compressed, gated and profiled; teacher-to-student latency.
+bench-compress: $(STAMP)
+	$(BIN)/recdistill bench compress --output-dir benchmarks/results --update-readme README.md
+
+# SIGKILL loops, byte flips and bad inputs (tiny models; a few minutes).
+bench-faults: $(STAMP)
+	$(BIN)/recdistill bench faults --output-dir benchmarks/results --update-readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
