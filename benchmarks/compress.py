@@ -88,7 +88,7 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
                                            "cpus": _cpu_count()}}
     for name in names:
         student_dir = _parent_run(output_dir, name, seed, parent_max_epochs)
-        summary = _compress_run(output_dir, name, seed, student_dir)
+        summary = _compress_run(output_dir, name, seed, student_dir, parent_max_epochs)
         payload["students"][name] = {"student_dir": str(student_dir), "compress": _strip(summary),
                                      "parent_max_epochs": parent_max_epochs,
                                      "parent_test": json.loads((student_dir.parent / "metrics.json").read_text())
@@ -132,12 +132,13 @@ def _parent_run(output_dir: Path, name: str, seed: int, max_epochs: int | None =
     return run_dir / "student"
 
 
-def _compress_run(output_dir: Path, name: str, seed: int, student_dir: Path) -> dict[str, Any]:
+def _compress_run(output_dir: Path, name: str, seed: int, student_dir: Path,
+                  max_epochs: int | None = None) -> dict[str, Any]:
     from recdistill.compress.pipeline import run_compress
 
     config = compress_config(name)
-    tag = student_dir.parent.name.removesuffix(f"-seed{seed}").removeprefix(name)  # e.g. "-epochs20"
-    run_dir = output_dir / "runs" / f"compress-{name}{tag if tag.startswith('-epochs') else ''}-seed{seed}"
+    tag = "" if max_epochs is None else f"-epochs{max_epochs}"  # the parent's own run folder tag
+    run_dir = output_dir / "runs" / f"compress-{name}{tag}-seed{seed}"
     inputs = {"config": config, "student_sha256": sha256_file(student_dir / "model.safetensors")}
     summary = run_stage(run_dir.name, run_dir, inputs, lambda d: run_compress(student_dir, config, d))
     return {**summary, "run_dir": str(run_dir)}
@@ -368,6 +369,3 @@ def render_markdown(payload: dict[str, Any]) -> str:
 def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
-
-def load_results(path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())

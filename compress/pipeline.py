@@ -32,7 +32,7 @@ from torch import nn
 
 from recdistill.atomic import write_json
 from recdistill.compress import gate as G
-from recdistill.compress.int8_onnx import int8_onnx
+from recdistill.compress.int8_onnx import has_item_table, int8_onnx
 from recdistill.compress.onnx_quant import convert_fp16, quantize_dynamic_onnx, quantize_static_onnx
 from recdistill.compress.pq import pq_compress, save_pq_student
 from recdistill.compress.prune import count_params, prune_student
@@ -207,7 +207,7 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
         if cfg.get("fp16", True):
             c = convert_fp16(src, onnx_dir / "fp16.onnx")
             run.gate_onnx("onnx_fp16", onnx_dir / "fp16.onnx", {"quantization": c})
-        table = [] if ctr and not hasattr(parent, "item_embedding") else list(cfg.get("item_table", []))
+        table = list(cfg.get("item_table", [])) if has_item_table(parent) or not ctr else []
         candidates = []
         for scheme in table:
             name = f"onnx_int8_item_table_{scheme}"
@@ -226,7 +226,7 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
                            else "pruned"})
     if "pq" in steps:
         cfg = dict(steps["pq"] or {})
-        if not isinstance(getattr(parent, "item_embedding", None), nn.Embedding):
+        if not has_item_table(parent):
             notes["pq"] = f"skipped: {parent.registry_name} has no item table"
         else:
             epochs = int(cfg.pop("recover_epochs", 0))
