@@ -191,11 +191,13 @@ def _parse_error_message(text: str) -> str:
 
 
 def check_resume_checkpoint(path: str | Path, model: torch.nn.Module,
-                            select: Callable[[str], bool] | None = None) -> None:
+                            select: Callable[[str], bool] | None = None,
+                            migrate: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
     """Refuse (with :class:`~recdistill.errors.CheckpointError`) to resume from a checkpoint written for another
     dataset or recipe: its weights (those ``select`` keeps, default all) must have ``model``'s names and shapes,
     and a recorded ``dataset_fingerprint`` hyper-parameter must equal the model's. Checked before anything is
-    written, so a refused resume leaves the run folder as it was."""
+    written, so a refused resume leaves the run folder as it was. ``migrate`` maps the checkpoint's
+    state-dict keys of an earlier layout to the current one (as the module's ``on_load_checkpoint`` does)."""
     from recdistill.atomic import CorruptFileError, verify_zip_file
 
     path = Path(path)
@@ -206,6 +208,8 @@ def check_resume_checkpoint(path: str | Path, model: torch.nn.Module,
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         saved = checkpoint["state_dict"]
+        if migrate is not None:
+            saved = migrate(saved)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user-facing failure
         raise CheckpointError(f"cannot resume from {path}: the file is unreadable ({type(exc).__name__}: "
                               f"{one_line(str(exc))[:200]}); delete it or run without --resume") from None

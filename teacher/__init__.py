@@ -6,6 +6,7 @@ Public API (resolved lazily so ``import recdistill.teacher`` stays cheap):
 - ``encode_item_texts``                                        (teacher.item_encoder)
 - ``HLLMTeacher``, ``load_teacher``                            (teacher.hllm)
 - ``TextPromptTeacher``                                        (teacher.text_prompt)
+- ``TeacherLightningModule``                                   (teacher.lightning_module)
 - ``fit_teacher``                                              (teacher.fit)
 - ``emit_signals``                                             (teacher.emit)
 - ``CacheMismatchError``, ``MissingSignalError``               (teacher.cache_format)
@@ -27,6 +28,7 @@ _LAZY: dict[str, str] = {
     "HLLMTeacher": "recdistill.teacher.hllm",
     "load_teacher": "recdistill.teacher.hllm",
     "TextPromptTeacher": "recdistill.teacher.text_prompt",
+    "TeacherLightningModule": "recdistill.teacher.lightning_module",
     "fit_teacher": "recdistill.teacher.fit",
     "emit_signals": "recdistill.teacher.emit",
     "CacheMismatchError": "recdistill.teacher.cache_format",

@@ -64,6 +64,14 @@ def _fit_cli(config: Path, output_dir: Path, rest: list[str]):
     from recdistill.training import build_lightning_cli
 
     class TeacherCLI(LightningCLI):
+        def add_core_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+            """As LightningCLI's, except that ``model`` is the teacher (a plain ``nn.Module``, wrapped in
+            ``TeacherLightningModule`` by ``fit_teacher``), not a LightningModule."""
+            parser.add_lightning_class_args(self.trainer_class, "trainer")
+            parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+            parser.add_subclass_arguments(self._model_class, "model", fail_untyped=False, required=True)
+            parser.add_lightning_class_args(self._datamodule_class, "data")
+
         def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
             _add_common(parser)
             parser.link_arguments("data.num_items", "model.init_args.num_items", apply_on="instantiate")
@@ -131,10 +139,12 @@ def run_teacher_command(action: str, config: str | Path, output_dir: str | Path,
         cli = _fit_cli(config, output_dir, rest)
         last = output_dir / "checkpoints" / "last.ckpt"
         if resume and last.exists():
-            from recdistill.teacher.hllm import is_trained_key
+            from recdistill.teacher.lightning_module import (TeacherLightningModule, is_trained_checkpoint_key,
+                                                             migrate_checkpoint_keys)
             from recdistill.training import check_resume_checkpoint
 
-            check_resume_checkpoint(last, cli.model, select=is_trained_key)
+            check_resume_checkpoint(last, TeacherLightningModule(cli.model), select=is_trained_checkpoint_key,
+                                    migrate=migrate_checkpoint_keys)
         output_dir.mkdir(parents=True, exist_ok=True)  # only once the recipe and the data are known to be good
         write_text(output_dir / "config.yaml", cli.parser.dump(cli.config, skip_none=False))
         path = fit_teacher(cli.model, cli.datamodule, cli.trainer, output_dir, resume=resume)

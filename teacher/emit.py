@@ -117,7 +117,9 @@ def emit_signals(
     """
     from recdistill.teacher.hllm import load_teacher
 
-    module = load_teacher(module_or_dir) if isinstance(module_or_dir, (str, Path)) else module_or_dir
+    from recdistill.teacher.lightning_module import TeacherLightningModule, as_teacher
+
+    module = load_teacher(module_or_dir) if isinstance(module_or_dir, (str, Path)) else as_teacher(module_or_dir)
     split, max_len = _resolve_split(datamodule, max_len)
     out = Path(output_dir)
     layers = [int(i) for i in layers]
@@ -226,20 +228,16 @@ def emit_signals(
     # with several processes, ``prepare`` runs from the ``setup`` hook, i.e. once the process
     # group exists (the "ddp" launcher only starts the other ranks inside ``trainer.predict``)
     if world > 1 or batches.batches:
-        module.emit_config = dict(k=k, layers=list(layers), exclude_target=exclude_target,
-                                  mask_history=mask_history, chunk_size=item_chunk_size, num_items=module.num_items)
-        zero_ok = module.allow_zero_length_dataloader_with_multiple_devices
-        module.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no shard left
+        runner = TeacherLightningModule(module, emit_config=dict(
+            k=k, layers=list(layers), exclude_target=exclude_target, mask_history=mask_history,
+            chunk_size=item_chunk_size, num_items=module.num_items))
+        runner.allow_zero_length_dataloader_with_multiple_devices = True  # a rank may have no shard left
         loader = torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", ".*infer the batch indices.*")
-                warnings.filterwarnings("ignore", ".*does not have many workers.*")
-                warnings.filterwarnings("ignore", ".*across ranks is zero.*")
-                trainer.predict(module, dataloaders=loader, return_predictions=False)
-        finally:
-            module.emit_config = None
-            module.allow_zero_length_dataloader_with_multiple_devices = zero_ok
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*infer the batch indices.*")
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*across ranks is zero.*")
+            trainer.predict(runner, dataloaders=loader, return_predictions=False)
     job = state["job"]
     world, rank = trainer.world_size, trainer.global_rank
     trainer.strategy.barrier("recdistill-emit-written")  # every rank's shards are on disk

@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from recdistill.errors import CheckpointError
 from recdistill.teacher.hllm import copy_trainable_state, restore_trainable_state
+from recdistill.teacher.lightning_module import TeacherLightningModule, as_teacher
 from recdistill.teacher.signals import atomic_write_json
 from recdistill.training import RNGStateCheckpoint
 
@@ -46,17 +47,20 @@ class BestTrainableState(L.Callback):
             return
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_epoch = score, trainer.current_epoch
-            self.state = copy_trainable_state(pl_module)
+            self.state = copy_trainable_state(as_teacher(pl_module))  # the teacher's own keys
 
 
-def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, output_dir: str | Path,
+def fit_teacher(module: torch.nn.Module, datamodule: Any, trainer: L.Trainer, output_dir: str | Path,
                 *, monitor: str = "valid/ndcg@10", restore_best: bool = True, resume: bool = False) -> Path:
-    """Fit ``module`` on ``datamodule``; save the best-validation teacher to ``output_dir/adapter``.
+    """Fit ``module`` (a teacher, or its :class:`TeacherLightningModule`) on ``datamodule``; save the
+    best-validation teacher to ``output_dir/adapter``.
 
     Returns the checkpoint folder (load it with ``HLLMTeacher.from_pretrained`` or
     ``recdistill.teacher.load_teacher``). ``output_dir/fit.json`` records the validation history.
     """
     output_dir = Path(output_dir)
+    lightning_module = module if isinstance(module, TeacherLightningModule) else TeacherLightningModule(module)
+    module = as_teacher(module)
     fingerprint = getattr(datamodule, "fingerprint", None)
     current = getattr(module, "dataset_fingerprint", None)
     if current is not None and fingerprint is not None and current != fingerprint:
@@ -65,15 +69,15 @@ def fit_teacher(module: L.LightningModule, datamodule: Any, trainer: L.Trainer, 
     if fingerprint is not None:
         module.dataset_fingerprint = fingerprint
     best = BestTrainableState(monitor)
-    # end-of-epoch checkpoints of the trained weights only (see HLLMTeacher.on_save_checkpoint)
+    # end-of-epoch checkpoints of the trained weights only (see TeacherLightningModule.on_save_checkpoint)
     checkpoint = ModelCheckpoint(dirpath=output_dir / "checkpoints", save_last=True, save_top_k=0)
     added = [best, checkpoint, RNGStateCheckpoint()]
     trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, ModelCheckpoint)] + added
     last = output_dir / "checkpoints" / "last.ckpt"
-    module.train()
+    lightning_module.train()
     start = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
+        trainer.fit(lightning_module, datamodule=datamodule, ckpt_path=str(last) if resume and last.exists() else None,
                     weights_only=True)  # a resume checkpoint never unpickles code
     finally:
         trainer.callbacks = [c for c in trainer.callbacks if c not in added]

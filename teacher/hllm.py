@@ -19,10 +19,12 @@ CLCRec), and ``content_loss_weight`` adds the content-only cross-entropy as a se
 ``text_pooling`` / ``text_layers`` / ``text_only_pooling`` choose
 how item texts are pooled (see :mod:`recdistill.teacher.item_encoder`).
 
-Split by job: this module builds the teacher (modules, tables, buffers) and is its public face;
-:mod:`~recdistill.teacher.hllm_model` encodes and scores, :mod:`~recdistill.teacher.hllm_lightning`
-runs the Lightning loop, :mod:`~recdistill.teacher.checkpoint` owns the saved format and
-:mod:`~recdistill.teacher.collaborative` the CF part.
+Split by job: this module builds the teacher (modules, tables, buffers) and is its public face, a
+plain ``nn.Module`` (no Lightning); :mod:`~recdistill.teacher.hllm_model` encodes and scores,
+:class:`~recdistill.teacher.lightning_module.TeacherLightningModule` holds a teacher and runs the
+Lightning loop (steps, fusion-weight search, optimiser groups, resume checkpoints),
+:mod:`~recdistill.teacher.checkpoint` owns the saved format and :mod:`~recdistill.teacher.collaborative`
+the CF part.
 
 Checkpoint (``save_pretrained``): peft adapter in ``save_pretrained`` format + head/table weights
 (``head.safetensors``) + ``teacher.json`` (init args, base-model reference, dataset
@@ -31,11 +33,11 @@ fingerprint); the frozen base is reloaded from its source by ``from_pretrained``
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor, nn
 
@@ -58,15 +60,43 @@ from recdistill.teacher.collaborative import (  # noqa: F401  (re-exported: the 
     load_item_embedding_file,
     mix_logits,
 )
-from recdistill.teacher.hllm_lightning import HLLMLightningMixin
 from recdistill.teacher.hllm_model import HLLMModelMixin
 from recdistill.teacher.loading import BaseModelRef, load_base_model
 
 ITEM_TABLE_MODES = ("trainable", "fusion", "frozen")
+NOT_RECORDED = ("item_text", "item_embeddings", "tokenizer", "collaborative_embeddings", "collaborative_model",
+                "item_train_counts")  # data, objects or paths recorded in their own form (see init_args)
 
 
-class HLLMTeacher(HLLMModelMixin, HLLMLightningMixin, L.LightningModule):
+class TeacherConfig(dict):
+    """The teacher's constructor arguments, readable as attributes (``teacher.hparams.lr``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def constructor_arguments(module: nn.Module) -> dict[str, Any]:
+    """The named arguments of every ``__init__`` on the call stack that is building ``module``,
+    outermost class last (so a subclass's own arguments are recorded with the base class's)."""
+    args: dict[str, Any] = {}
+    frame = inspect.currentframe()
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__init__" and frame.f_locals.get("self") is module:
+            names = code.co_varnames[1:code.co_argcount + code.co_kwonlyargcount]
+            args.update({n: frame.f_locals[n] for n in names if n in frame.f_locals and n != "kwargs"})
+        frame = frame.f_back
+    return args
+
+
+class HLLMTeacher(HLLMModelMixin, nn.Module):
     """LoRA-tuned LLM layers over item-text embeddings; next-item logits over the catalogue.
+
+    A plain ``nn.Module``: train it with ``fit_teacher`` or wrap it in
+    :class:`~recdistill.teacher.lightning_module.TeacherLightningModule` for a Lightning ``Trainer``.
 
     Args:
         num_items: catalogue size N (items are 1..N, 0 = padding).
@@ -176,8 +206,9 @@ class HLLMTeacher(HLLMModelMixin, HLLMLightningMixin, L.LightningModule):
             raise ValueError("num_items must be >= 1")
         lora_targets = list(lora_targets or ["q_proj", "k_proj", "v_proj", "o_proj"])
         eval_ks = list(eval_ks or [5, 10, 20])
-        self.save_hyperparameters(ignore=["item_text", "item_embeddings", "tokenizer", "collaborative_embeddings",
-                                          "collaborative_model", "item_train_counts"])
+        recorded = {k: v for k, v in constructor_arguments(self).items() if k not in NOT_RECORDED}
+        recorded.update(lora_targets=lora_targets, eval_ks=eval_ks)
+        self.hparams = TeacherConfig(recorded)
         self.collaborative_model_source = (None if collaborative_model is None
                                            else str(collaborative_model) if not isinstance(collaborative_model, nn.Module)
                                            else "<module>")
@@ -273,10 +304,6 @@ class HLLMTeacher(HLLMModelMixin, HLLMLightningMixin, L.LightningModule):
             self.log_scale = nn.Parameter(scale)
         else:
             self.register_buffer("log_scale", scale, persistent=True)
-        self._val_acc = None
-        self._val_mix = None
-        self._test_acc = None
-        self.emit_config: dict[str, Any] | None = None  # set by signals.emit_signals
         self.train()  # the base was loaded in eval mode; Lightning restores per-module modes
 
     # ------------------------------------------------------------------ construction helpers
@@ -312,7 +339,7 @@ class HLLMTeacher(HLLMModelMixin, HLLMLightningMixin, L.LightningModule):
     def init_args(self) -> dict[str, Any]:
         """Constructor arguments recorded in ``teacher.json`` (never ``trust_remote_code``)."""
         accepted = accepted_args(type(self))  # a subclass may pass parent args through **kwargs
-        args = {k: v for k, v in dict(self.hparams).items() if k in accepted}  # drops LightningCLI's extras
+        args = {k: v for k, v in dict(self.hparams).items() if k in accepted}
         args.pop("progress", None)
         args.pop("trust_remote_code", None)  # a loader option that runs code is never stored in a checkpoint
         if self.base_ref.kind == "hub":

@@ -2,8 +2,7 @@
 
 A mixin of :class:`~recdistill.teacher.hllm.HLLMTeacher` (which builds the modules and buffers it
 reads: ``backbone``, ``item_emb`` / ``item_text_emb`` / ``item_residual``, ``in_proj``, ``out_proj``,
-``log_scale``, the optional collaborative parts); kept apart from the Lightning loop so the
-state-dict keys of the saved format stay those of the teacher itself.
+``log_scale``, the optional collaborative parts); pure torch, no Lightning.
 """
 
 from __future__ import annotations
@@ -265,4 +264,7 @@ class HLLMModelMixin:
         tensors.update({f"head.{k}": v for k, v in self.head_state_dict().items()})
         return state_hash(tensors)
 
-    # Lightning checkpoints (for resuming a fit) hold only what training changes; the frozen base
+    @property
+    def device(self) -> torch.device:
+        """Where the teacher's trained weights live."""
+        return self.log_scale.device

@@ -235,8 +235,8 @@ class Alphas(L.Callback):
         self.alphas = []
 
     def on_validation_end(self, trainer, pl_module):
-        if not trainer.sanity_checking and hasattr(pl_module, "fusion_alpha"):
-            self.alphas.append(float(pl_module.fusion_alpha))
+        if not trainer.sanity_checking and hasattr(getattr(pl_module, "teacher", pl_module), "fusion_alpha"):
+            self.alphas.append(float(getattr(pl_module, "teacher", pl_module).fusion_alpha))
 
 
 fit_teacher = teacher_cli.fit_teacher

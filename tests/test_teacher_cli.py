@@ -60,7 +60,10 @@ def test_teacher_cli_fit_eval_emit(tmp_path, monkeypatch):
     assert TeacherSignals(out / "signals").k == 3
 
 
-def test_interrupted_teacher_fit_resumes_to_the_same_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("layout", ["current", "before_the_lightning_wrapper"])
+def test_interrupted_teacher_fit_resumes_to_the_same_weights(tmp_path, monkeypatch, layout):
+    """Also from a checkpoint of the earlier layout, when the teacher was its own LightningModule
+    (state-dict keys without the wrapper's ``teacher.`` prefix): migrated on load, same weights."""
     import torch
     from safetensors.torch import load_file
 
@@ -80,7 +83,11 @@ def test_interrupted_teacher_fit_resumes_to_the_same_weights(tmp_path, monkeypat
     run_teacher_command("fit", cfg, tmp_path / "full", ["--trainer.max_epochs", "3"])
     run_teacher_command("fit", cfg, tmp_path / "cut", ["--trainer.max_epochs", "1"])
     ckpt = torch.load(tmp_path / "cut/checkpoints/last.ckpt", map_location="cpu", weights_only=True)
-    assert not any(k.startswith("backbone.") and "lora_" not in k for k in ckpt["state_dict"])  # no frozen base
+    assert ckpt["state_dict"] and all(k.startswith("teacher.") for k in ckpt["state_dict"])
+    assert not any(k.startswith("teacher.backbone.") and "lora_" not in k for k in ckpt["state_dict"])  # no base
+    if layout != "current":
+        ckpt["state_dict"] = {k.removeprefix("teacher."): v for k, v in ckpt["state_dict"].items()}
+        torch.save(ckpt, tmp_path / "cut/checkpoints/last.ckpt")
     run_teacher_command("fit", cfg, tmp_path / "cut", ["--trainer.max_epochs", "3"], resume=True)
     for name in ("head.safetensors", "adapter_model.safetensors"):
         full, cut = (load_file(str(tmp_path / run / "adapter" / name)) for run in ("full", "cut"))

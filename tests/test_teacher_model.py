@@ -354,7 +354,10 @@ def test_fusion_weight_is_chosen_on_the_validation_set_of_all_processes(split, t
 
     torch.manual_seed(0)
     cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=12).eval()
-    teacher = _teacher(split, tiny, cache_dir, item_table="fusion", collaborative_model=cf).eval()
+    from recdistill.teacher.lightning_module import TeacherLightningModule
+
+    teacher = TeacherLightningModule(
+        _teacher(split, tiny, cache_dir, item_table="fusion", collaborative_model=cf)).eval()
     dm = SequentialDataModule.from_split(split, max_len=12, eval_batch_size=7)
     batches = list(dm.dataloader("valid"))
     half = len(batches) // 2
@@ -364,7 +367,7 @@ def test_fusion_weight_is_chosen_on_the_validation_set_of_all_processes(split, t
         with torch.no_grad():
             for i, b in enumerate(shard):
                 teacher.validation_step(b, i)
-        ks = teacher.hparams.eval_ks or [5, 10, 20]
+        ks = teacher.teacher.hparams.eval_ks or [5, 10, 20]
         return {a: ranking_metric_sums(acc.ranks(), ks) for a, acc in teacher._val_mix.items()}
 
     def choose(shard, other=None):
@@ -387,3 +390,41 @@ def test_fusion_weight_is_chosen_on_the_validation_set_of_all_processes(split, t
         assert gathered.keys() == whole.keys()
         for alpha in whole:
             assert gathered[alpha]["ndcg@10"] == pytest.approx(whole[alpha]["ndcg@10"], abs=1e-12)
+
+
+def test_the_teacher_is_a_plain_module_and_its_module_imports_no_lightning():
+    """The model is an ``nn.Module`` held by ``TeacherLightningModule`` (the loop), not a LightningModule."""
+    import subprocess
+    import sys
+
+    import lightning as L
+
+    from recdistill.teacher.hllm import HLLMTeacher
+    from recdistill.teacher.lightning_module import TeacherLightningModule
+    from recdistill.teacher.text_prompt import TextPromptTeacher
+
+    assert issubclass(HLLMTeacher, torch.nn.Module) and not issubclass(HLLMTeacher, L.LightningModule)
+    assert not issubclass(TextPromptTeacher, L.LightningModule)
+    assert issubclass(TeacherLightningModule, L.LightningModule)
+    code = ("import sys, recdistill.teacher.hllm, recdistill.teacher.text_prompt; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", out
+
+
+def test_subclass_arguments_are_recorded_with_the_base_class_arguments(tmp_path):
+    """``hparams`` (and so ``teacher.json``) holds the arguments of every constructor on the chain."""
+    from recdistill.teacher.testing import make_tiny_llama, planted_split
+    from recdistill.teacher.text_prompt import TextPromptTeacher
+
+    split = planted_split(num_users=10, num_items=8, mean_length=6, seed=0)
+    tiny = make_tiny_llama(tmp_path / "tiny", texts=split.item_text, num_layers=2)
+    teacher = TextPromptTeacher(num_items=split.num_items, item_text=split.item_text, base_model=str(tiny),
+                                num_layers=2, max_history_items=3, lr=0.02, progress=False,
+                                embedding_cache_dir=str(tmp_path / "emb"))
+    hp = teacher.hparams
+    assert (hp.max_history_items, hp.num_layers, hp.lr, hp.item_table) == (3, 2, 0.02, "trainable")
+    assert "item_text" not in hp and "kwargs" not in hp
+    args = teacher.init_args()
+    assert args["max_history_items"] == 3 and args["lr"] == 0.02 and "trust_remote_code" not in args
+

@@ -12,6 +12,7 @@ import torch
 from recdistill.data import EXAMPLE_STRIDE, SequentialDataModule
 from recdistill.teacher.cache_reader import TeacherSignals
 from recdistill.teacher.hllm import load_teacher
+from recdistill.teacher.lightning_module import TeacherLightningModule
 from recdistill.teacher.signals import emit_signals
 from recdistill.teacher.testing import make_tiny_llama, planted_split
 from recdistill.teacher.text_prompt import TextPromptTeacher
@@ -33,9 +34,10 @@ def test_text_prompt_teacher(tmp_path):
     assert ids.shape[1] <= len(teacher.prefix_ids) + 6 * (4 + len(teacher.sep_ids)) + len(teacher.suffix_ids)
     trainer = L.Trainer(max_epochs=12, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)
-    before = trainer.validate(teacher, dm, verbose=False)[0]["valid/ndcg@10"]
-    trainer.fit(teacher, dm)
-    after = trainer.validate(teacher, dm, verbose=False)[0]["valid/ndcg@10"]
+    task = TeacherLightningModule(teacher)
+    before = trainer.validate(task, dm, verbose=False)[0]["valid/ndcg@10"]
+    trainer.fit(task, dm)
+    after = trainer.validate(task, dm, verbose=False)[0]["valid/ndcg@10"]
     assert after > max(0.6, before + 0.2), (before, after)
 
     teacher.eval()
