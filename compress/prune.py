@@ -29,6 +29,9 @@ What is pruned, per student (``ratio`` = fraction of channels removed from each 
   fails on a ``torch.cat`` with a raw input tensor). Field embeddings, DCN-v2 cross layers
   (their width is the concatenated input, which includes the raw dense features) and the
   output layer are not pruned.
+- ``kar`` (a knowledge-augmented CTR student): its backbone by the backbone's own rule (the
+  rebuilt wrapper gets the pruned widths in ``backbone_args``); the frozen teacher tables and the
+  small gated-expert adapter over them are kept.
 - ``gru4rec``: torch-pruning has no pruning function for ``nn.GRU`` (DepGraph knows LSTM only),
   so the GRU widths are pruned by hand with the same L2 criterion: ``gru_size`` (the rows of
   the three gates of every unit, the recurrent columns, the next layer's/dense input columns)
@@ -288,6 +291,15 @@ def _prune_din(m: nn.Module, ratio: float, report: PruneReport, **_: Any) -> dic
     return {"mlp_dims": dims, "attention_dims": att}
 
 
+def _prune_kar(m: nn.Module, ratio: float, report: PruneReport, **options: Any) -> dict[str, Any]:
+    backbone = getattr(m.backbone, "registry_name", None)
+    if backbone not in _PRUNERS or backbone == "kar":
+        raise PruningError(f"kar: no pruning rule for its backbone {backbone!r}")
+    new_args = _PRUNERS[backbone](m.backbone, ratio, report, **options)
+    report.not_pruned["adapter"] = "the gated experts over the frozen teacher vectors (kept whole)"
+    return {"backbone_args": {**m.init_args.get("backbone_args", {}), **new_args}}
+
+
 # -- GRU4Rec (by hand: torch-pruning has no nn.GRU support) ------------------------------------
 
 def _slice_param(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -344,4 +356,5 @@ _PRUNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "dcnv2": _prune_dcnv2,
     "din": _prune_din,
     "gru4rec": _prune_gru4rec,
+    "kar": _prune_kar,
 }

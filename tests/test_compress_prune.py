@@ -21,12 +21,19 @@ CONFIGS = {
     "dcnv2": dict(field_dims=[5, 7], dense_dim=2, embed_dim=8, mlp_dims=[32, 16], structure="parallel"),
     "din": dict(field_dims=[5, 31, 7], dense_dim=2, num_items=30, embed_dim=8, attention_dims=[16, 8],
                 mlp_dims=[32, 16]),
+    "kar": dict(field_dims=[5, 31, 7], dense_dim=2, num_items=30, backbone="din", user_vector_dim=4,
+                item_vector_dim=4, interaction=True,
+                backbone_args=dict(embed_dim=8, attention_dims=[16, 8], mlp_dims=[32, 16])),
 }
 
 
 def _student(name: str, **extra):
     torch.manual_seed(0)
-    return build_student(name, dropout=0.0, **{**CONFIGS[name], **extra}).eval()
+    model = build_student(name, dropout=0.0, **{**CONFIGS[name], **extra}).eval()
+    if name == "kar":  # teacher tables as a fitted KAR student holds them
+        model.set_knowledge(torch.randn_like(model.user_vectors), torch.ones_like(model.user_known),
+                            torch.randn_like(model.item_vectors), (0.5, 2.0))
+    return model
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -161,3 +168,17 @@ def test_recover_runs_for_a_cloze_student_and_leaves_the_parent_as_it_came(tiny_
     assert history["steps"] == 2 and history["kd_loss"][0] > 0
     assert any(not torch.equal(before[k], v) for k, v in pruned.state_dict().items())
     assert all(p.requires_grad for p in parent.parameters())
+
+
+def test_kar_prunes_its_backbone_and_keeps_the_teacher_tables():
+    parent = _student("kar")
+    pruned, report = prune_student(parent, 0.5)
+    assert pruned.init_args["backbone_args"]["mlp_dims"] == [16, 8]
+    assert pruned.init_args["backbone_args"]["attention_dims"] == [8, 4]
+    assert pruned.init_args["backbone_args"]["embed_dim"] == 8
+    for name in ("user_vectors", "user_known", "item_vectors", "interaction_norm"):
+        torch.testing.assert_close(getattr(pruned, name), getattr(parent, name))
+    for key, value in parent.adapter.state_dict().items():
+        torch.testing.assert_close(pruned.adapter.state_dict()[key], value)
+    assert "adapter" in report.not_pruned
+
