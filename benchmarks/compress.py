@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from recdistill.atomic import sha256_file, write_json, write_text
+from recdistill.benchmarks.compress_pq import best_pq, merge_pq, pq_run
 from recdistill.benchmarks.students import update_readme
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
@@ -60,6 +61,7 @@ def compress_config(name: str) -> dict[str, Any]:
                                             "max_eval_batches")}
     config["data"] = {**recipe["data"], **keep}
     steps = config["steps"]
+    steps.pop("pq_joint", None)  # its own stage (``pq_config``): retrains students, reused separately
     if name in CTR:
         steps.pop("recover")  # recovery fine-tuning is implemented for sequential students only
         steps["onnx"]["item_table"] = []
@@ -69,11 +71,14 @@ def compress_config(name: str) -> dict[str, Any]:
 
 def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", students: list[str] | None = None,
                            seed: int = 0, teachers: bool = True, readme: str | Path | None = None,
-                           min_seconds: float = 1.0, parent_max_epochs: int | None = None) -> dict[str, Any]:
+                           min_seconds: float = 1.0, parent_max_epochs: int | None = None,
+                           pq_only: bool = False, pq_students: tuple[str, ...] = ("sasrec",)) -> dict[str, Any]:
     """Run the benchmark for ``students``; rows of other students already in ``compress.json``
     (an earlier invocation) are kept, so the table can be built over several runs.
     ``parent_max_epochs``: train parents for at most that many epochs (a separate run folder;
-    recorded in the row)."""
+    recorded in the row). ``pq_students``: students that also get the PQ stage (post-hoc PQ and
+    RecJPQ joint training, ``pq_config``). ``pq_only``: run only the PQ stage of ``students``
+    (their rows, compress runs and timings are taken from the existing ``compress.json``)."""
     output_dir = Path(output_dir)
     names = students or [*SEQUENTIAL, *CTR]
     unknown = [n for n in names if n not in SEQUENTIAL + CTR]
@@ -81,11 +86,14 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
         raise ValueError(f"unknown student(s) {unknown}; known: {[*SEQUENTIAL, *CTR]}")
     started = time.time()
     previous = output_dir / "compress.json"
-    kept = json.loads(previous.read_text()).get("students", {}) if previous.exists() else {}
+    earlier = json.loads(previous.read_text()) if previous.exists() else {}
+    kept, earlier_teachers = earlier.get("students", {}), earlier.get("teachers")
     payload: dict[str, Any] = {"seed": seed, "students": {k: v for k, v in kept.items() if k not in names},
                                "torch": torch.__version__,
                                "machine": {"processor": platform.processor() or platform.machine(),
                                            "cpus": _cpu_count()}}
+    if pq_only:
+        return _pq_only(output_dir, names, earlier, payload, seed, readme, started)
     for name in names:
         student_dir = _parent_run(output_dir, name, seed, parent_max_epochs)
         summary = _compress_run(output_dir, name, seed, student_dir, parent_max_epochs)
@@ -93,6 +101,8 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
                                      "parent_max_epochs": parent_max_epochs,
                                      "parent_test": json.loads((student_dir.parent / "metrics.json").read_text())
                                      .get("test")}
+        if name in pq_students and parent_max_epochs is None:
+            merge_pq(payload["students"][name], pq_run(output_dir, name, seed, student_dir))
     for name in names:  # timings last and back to back, once every artefact exists
         entry = payload["students"][name]
         entry["profile"] = profile_student(Path(entry["student_dir"]), Path(entry["compress"]["run_dir"]),
@@ -101,6 +111,12 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
     if teachers and "sasrec" in payload["students"]:
         payload["teachers"] = teacher_latency(output_dir, Path(payload["students"]["sasrec"]["student_dir"]), seed,
                                               min_seconds=min_seconds)
+    elif earlier_teachers:
+        payload["teachers"] = earlier_teachers  # --no-teachers keeps the rows of an earlier run
+    return _finish(output_dir, payload, readme, started)
+
+
+def _finish(output_dir: Path, payload: dict[str, Any], readme: str | Path | None, started: float) -> dict[str, Any]:
     payload["targets"] = check_targets(payload)
     payload["wall_seconds"] = round(time.time() - started, 1)
     write_json(output_dir / "compress.json", payload)
@@ -109,6 +125,20 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
     if readme is not None:
         update_readme(readme, markdown, markers=README_MARKERS)
     return payload
+
+
+def _pq_only(output_dir: Path, names: list[str], earlier: dict[str, Any], payload: dict[str, Any], seed: int,
+             readme: str | Path | None, started: float) -> dict[str, Any]:
+    """The PQ stage of ``names`` merged into their existing rows; everything else kept as it was."""
+    kept = earlier.get("students", {})
+    missing = [n for n in names if n not in kept]
+    if missing:
+        raise ValueError(f"--pq-only needs an earlier full run of {missing} in {output_dir}/compress.json")
+    payload.update({k: v for k, v in earlier.items() if k in ("teachers", "torch", "machine")})
+    for name in names:
+        entry = payload["students"][name] = kept[name]
+        merge_pq(entry, pq_run(output_dir, name, seed, Path(entry["student_dir"])))
+    return _finish(output_dir, payload, readme, started)
 
 
 def _cpu_count() -> int:
@@ -265,12 +295,13 @@ def check_targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
             add("SASRec pruned + int8 file / fp32 file", size, "<= 0.25", size <= 0.25)
             quality = pint8["ndcg10"] / fp32["parent_ndcg10"]
             add("SASRec pruned + int8 NDCG@10 / unpruned fp32", quality, ">= 0.97", quality >= 0.97)
-        pq = _variant(sas, "pq_item_table")
+        pq = best_pq(sas)
         if pq:
-            info = pq.get("pq") or {}
-            ratio = info.get("item_table_ratio")
-            add("SASRec PQ item table: times smaller", ratio, ">= 8", None if ratio is None else ratio >= 8)
-            add("SASRec PQ item table NDCG@10 / fp32", pq["ndcg10_ratio"], ">= 0.98", pq["ndcg10_ratio"] >= 0.98)
+            ratio = (pq.get("pq") or {}).get("item_table_ratio")
+            add(f"SASRec PQ item table ({pq['name']}): times smaller", ratio, ">= 8",
+                None if ratio is None else ratio >= 8)
+            add(f"SASRec PQ item table ({pq['name']}) NDCG@10 / fp32", pq["ndcg10_ratio"], ">= 0.98",
+                pq["ndcg10_ratio"] >= 0.98)
     teachers = payload.get("teachers") or {}
     for key, limit in (("hybrid_teacher", None), ("text_prompt_teacher", 1000.0)):
         ratio = (teachers.get(key) or {}).get("ratio_to_sasrec_p50")

@@ -3,7 +3,8 @@
 Modules (one job each): ``prune`` (``prune_student``), ``recover`` (``recover``: fine-tune with the
 unpruned parent as teacher), ``quantize`` (PyTorch dynamic int8, ``QuantizedEmbedding``),
 ``onnx_quant`` (ONNX Runtime dynamic/static int8, fp16, op counts), ``pq`` (``PQItemEmbedding``,
-``pq_compress``), ``gate`` (comparison with the fp32 parent and verdict), ``pipeline``
+``pq_compress``), ``pq_codes`` + ``pq_train`` (RecJPQ: codes before training, ``train_joint_pq``),
+``gate`` (comparison with the fp32 parent and verdict), ``pipeline``
 (``run_compress``) and ``cli`` (``add_compress_commands``).
 
 Names resolve lazily (PEP 562).
@@ -30,6 +31,9 @@ _LAZY: dict[str, str] = {
     "pq_compress": "recdistill.compress.pq",
     "save_pq_student": "recdistill.compress.pq",
     "load_pq_student": "recdistill.compress.pq",
+    "svd_codes": "recdistill.compress.pq_codes",
+    "assign_codes": "recdistill.compress.pq_codes",
+    "train_joint_pq": "recdistill.compress.pq_train",
     "GateThresholds": "recdistill.compress.gate",
     "gate_variant": "recdistill.compress.gate",
     "evaluate": "recdistill.compress.gate",

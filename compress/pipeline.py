@@ -3,7 +3,9 @@
 Config (``recipes/compress_sasrec.yaml`` documents every key): ``data`` (data module arguments
 + ``eval_split``, ``calibration_split``, ``calibration_batches``, ``max_eval_batches``), ``gate``
 (``GateThresholds``), ``latency`` (``batch_size``, ``runs``, ``threads``) and ``steps``, any of
-``prune``, ``recover``, ``torch_int8``, ``onnx`` and ``pq``; a missing step is not run.
+``prune``, ``recover``, ``torch_int8``, ``onnx``, ``pq`` (post-hoc k-means PQ of the trained item table)
+and ``pq_joint`` (RecJPQ: the student retrained from scratch with a PQ item table whose codes are
+assigned before training, ``compress/pq_train.py``); a missing step is not run.
 
 Output folder::
 
@@ -11,6 +13,8 @@ Output folder::
     OUT/pruned/                # plain student folders (load_student)
     OUT/pruned_recovered/
     OUT/pq/                    # PQ student (load_pq_student)
+    OUT/pq_joint/m<M>_k<K>/    # jointly trained PQ students (load_pq_student), one per setting
+    OUT/onnx/pq_joint.onnx     # the setting chosen on validation NDCG@10, parity-gated export
     OUT/onnx/*.onnx            # fp32 parent, int8 dynamic/static, fp16, item-table int8, pruned+int8
     OUT/onnx/*.quant.json      # quantization config next to each quantized artefact
 
@@ -40,7 +44,7 @@ from recdistill.compress.quantize import dynamic_int8, state_bytes
 from recdistill.compress.recover import recover
 
 _DATA_KEYS = ("eval_split", "calibration_split", "calibration_batches", "max_eval_batches")
-STEPS = ("prune", "recover", "torch_int8", "onnx", "pq")
+STEPS = ("prune", "recover", "torch_int8", "onnx", "pq", "pq_joint")
 
 
 @contextmanager
@@ -143,6 +147,38 @@ class _Run:
         return [scorer.feed(b) for b in self.calibration]
 
 
+def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Train one PQ student per ``settings`` entry ``[M, K]`` (RecJPQ joint training), gate each
+    against the parent; the setting with the best validation NDCG@10 among those at least
+    ``min_item_table_ratio`` x smaller is exported to ONNX (parity-gated) and returned."""
+    from recdistill.compress.pq_train import train_joint_pq
+    from recdistill.export import export_onnx
+    from recdistill.export.parity import ParityError
+
+    settings = [tuple(int(v) for v in s) for s in cfg.pop("settings", [[8, 64]])]
+    min_ratio = float(cfg.pop("min_item_table_ratio", 8.0))
+    init_args = {k: v for k, v in run.parent.init_args.items() if k != "num_items"}
+    candidates = []
+    for m, k in settings:
+        name = f"pq_joint_m{m}_k{k}"
+        model, info = train_joint_pq(run.dm, run.parent.registry_name, init_args, num_subspaces=m,
+                                     num_centroids=k, **cfg)
+        save_pq_student(model, out / "pq_joint" / f"m{m}_k{k}", info)
+        record = run.gate_torch(name, model, (out / "pq_joint" / f"m{m}_k{k}" / "model.safetensors").stat().st_size,
+                                {"dir": f"pq_joint/m{m}_k{k}", "pq": info, "valid_ndcg10": info["valid_ndcg@10"]})
+        candidates.append((record, model))
+    eligible = [(r, m) for r, m in candidates if r["pq"]["item_table_ratio"] >= min_ratio] or candidates
+    best, model = max(eligible, key=lambda rm: rm[0]["valid_ndcg10"])
+    try:
+        exported = export_onnx(model, out / "onnx" / "pq_joint.onnx")
+        best["onnx"] = {"file": "onnx/pq_joint.onnx", "parity_passed": exported.parity.passed if exported.parity
+                        else None}
+    except ParityError as exc:  # reported on the record, never a silent success
+        best["onnx"] = {"file": None, "parity_passed": False, "error": str(exc)[:300]}
+    return {"chosen": best["name"], "selected_on": "valid ndcg@10", "min_item_table_ratio": min_ratio,
+            "valid_ndcg10": {r["name"]: r["valid_ndcg10"] for r, _ in candidates}}
+
+
 def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir: str | Path) -> dict[str, Any]:
     """Run the configured steps on the student in ``student_dir``; writes and returns ``compress.json``."""
     from recdistill.student.io import load_student, save_student
@@ -235,8 +271,15 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
             if epochs and not ctr:
                 info["recover"] = recover(model, parent, run.dm.train_dataloader(), epochs=epochs, **recover_cfg)
             save_pq_student(model, out / "pq", info)
+            with _threads(run.threads):  # validation NDCG@10: PQ variants are compared on it
+                valid = G.evaluate(G.torch_scorer(model), list(run.dm.dataloader("valid")))["ndcg@10"]
             run.gate_torch("pq_item_table", model, (out / "pq" / "model.safetensors").stat().st_size,
-                           {"dir": "pq", "pq": info})
+                           {"dir": "pq", "pq": info, "valid_ndcg10": valid})
+    if "pq_joint" in steps:
+        if ctr or not has_item_table(parent):
+            notes["pq_joint"] = f"skipped: {parent.registry_name} has no sequential item table"
+        else:
+            summary["pq_joint_choice"] = _pq_joint(run, dict(steps["pq_joint"] or {}), out)
     summary["variants"] = run.records
     summary["notes"] = notes
     summary["passed"] = {r["name"]: r["passed"] for r in run.records}

@@ -7,13 +7,16 @@ catalogue of ``N`` items the table shrinks from ``N * d * 4`` bytes to ``N * M +
 
 - ``fit_pq(weight, M, K)``: k-means per subspace (plain torch, seeded k-means++-free random
   init from the rows, Lloyd iterations, empty clusters re-seeded from the worst-fitted rows).
-  Unlike RecJPQ, which assigns codes before training, codes are fitted after training; the
-  codebooks can then be fine-tuned (``recover`` in ``compress/recover.py``; codes stay fixed).
+  Post-hoc: codes are fitted after training; the codebooks can then be fine-tuned (``recover``
+  in ``compress/recover.py``; codes stay fixed). RecJPQ's joint training (codes assigned before
+  training, codebooks learned with the model) is ``compress/pq_codes.py`` + ``compress/pq_train.py``.
 - ``PQItemEmbedding``: codes buffer + codebooks parameter. ``forward(ids)`` reconstructs the rows
   (one embedding lookup into the flattened codebooks), ``.weight`` the full table for scoring;
   the padding row reconstructs to zeros, as the original. Traceable for ONNX export.
+  ``from_codes(codes, d, K)``: fixed codes, N(0, 0.02) codebooks (joint training).
 - ``pq_compress(model, M, K)``: a copy of a student with its item table replaced, plus
-  ``{"bytes_before", "bytes_after", "ratio", "reconstruction_mse"}``.
+  ``{"item_table_bytes_before", "item_table_bytes_after" (codes + codebooks: ``pq_table_bytes``),
+  "item_table_ratio", "reconstruction_mse"}``.
 - ``save_pq_student`` / ``load_pq_student``: ``model.safetensors`` + ``pq_student.json``
   (registry name, the parent's ``init_args``, ``M``, ``K``). Not a plain student folder:
   ``load_student`` cannot express a PQ table, so the spec has its own name.
@@ -82,10 +85,6 @@ class PQItemEmbedding(nn.Module):
         dtype = torch.uint8 if num_centroids <= 256 else torch.int16 if num_centroids <= 32767 else torch.int32
         self.register_buffer("codes", torch.zeros(num_embeddings, num_subspaces, dtype=dtype))
         self.codebooks = nn.Parameter(torch.zeros(num_subspaces, num_centroids, embedding_dim // num_subspaces))
-        keep = torch.ones(num_embeddings, 1)
-        if padding_idx is not None:
-            keep[padding_idx] = 0.0
-        self.register_buffer("row_mask", keep, persistent=False)
         self.register_buffer("offsets", torch.arange(num_subspaces) * num_centroids, persistent=False)
 
     @classmethod
@@ -108,7 +107,31 @@ class PQItemEmbedding(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self._lookup(self.codes) * self.row_mask
+        """The ``[N, d]`` table; the padding row is a zero row spliced in (no mask tensor kept)."""
+        p = self.padding_idx
+        if p is None:
+            return self._lookup(self.codes)
+        zero = self.codebooks.new_zeros(1, self.embedding_dim)
+        parts = [self._lookup(self.codes[:p])] if p > 0 else []  # no empty slices: the exporter's
+        parts.append(zero)  # shape inference divides by a zero-size dimension
+        if p + 1 < self.num_embeddings:
+            parts.append(self._lookup(self.codes[p + 1:]))
+        return torch.cat(parts)
+
+    @classmethod
+    def from_codes(cls, codes: torch.Tensor, embedding_dim: int, num_centroids: int, *,
+                   padding_idx: int | None = 0, std: float = 0.02, seed: int = 0) -> "PQItemEmbedding":
+        """Fixed ``codes [N, M]`` (assigned before training, ``compress/pq_codes.py``) and
+        N(0, std) codebooks to be trained with the model (RecJPQ joint training)."""
+        n, m = codes.shape
+        if int(codes.min()) < 0 or int(codes.max()) >= num_centroids:
+            raise ValueError(f"codes must lie in [0, {num_centroids})")
+        module = cls(n, embedding_dim, m, num_centroids, padding_idx)
+        module.codes.copy_(codes.to(module.codes.dtype))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            module.codebooks.copy_(torch.randn(module.codebooks.shape, generator=g) * std)
+        return module
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         out = self._lookup(self.codes[ids])
@@ -121,6 +144,11 @@ class PQItemEmbedding(nn.Module):
                 f"padding_idx={self.padding_idx}")
 
 
+def pq_table_bytes(table: PQItemEmbedding) -> int:
+    """Bytes a PQ table stores: codes (uint8 for K <= 256) + fp32 codebooks (``N*M + K*d*4``)."""
+    return table.codes.numel() * table.codes.element_size() + table.codebooks.numel() * 4
+
+
 def pq_compress(model: nn.Module, num_subspaces: int = 4, num_centroids: int = 256, *, iters: int = 25,
                 seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
     """Copy of ``model`` with a PQ item table, and the compression numbers."""
@@ -130,7 +158,7 @@ def pq_compress(model: nn.Module, num_subspaces: int = 4, num_centroids: int = 2
     out = copy.deepcopy(model).eval()
     pq = PQItemEmbedding.from_embedding(embedding, num_subspaces, num_centroids, iters=iters, seed=seed)
     out.item_embedding = pq
-    before, after = item_table_bytes(embedding), item_table_bytes(pq)
+    before, after = item_table_bytes(embedding), pq_table_bytes(pq)
     mse = float((pq.weight.detach() - embedding.weight.detach()).pow(2).mean())
     info = {"num_subspaces": num_subspaces, "num_centroids": num_centroids, "iters": iters, "seed": seed,
             "item_table_bytes_before": before, "item_table_bytes_after": after, "item_table_ratio": before / after,

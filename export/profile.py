@@ -7,6 +7,8 @@ throughput and peak RSS -- never the mean alone. It is a hand-written loop rathe
 ``torch.utils.benchmark`` because one timer must serve PyTorch and ONNX Runtime alike and
 percentiles need every call's time (``Timer.blocked_autorange`` averages blocks of calls);
 the clock is injectable so tests check the statistics on known timings.
+``profile_interleaved`` times several targets in alternating blocks of calls (PyTorch and ONNX
+Runtime see the same load on a shared machine, so their p50 ratio is fair).
 
 Targets: a ``torch.nn.Module`` or any callable (run as ``fn(*inputs)`` under
 ``torch.inference_mode`` with ``torch.set_num_threads(threads)``, restored afterwards), an
@@ -21,7 +23,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -67,63 +69,30 @@ def _nothing() -> Iterator[None]:
     yield
 
 
-def profile_latency(
-    target: Any,
-    inputs: Sequence[Any] | Mapping[str, Any],
-    *,
-    threads: int | None = 1,
-    warmup: int = 10,
-    min_iters: int = 50,
-    min_seconds: float = 1.0,
-    max_iters: int = 1_000_000,
-    clock: Callable[[], float] = time.perf_counter,
-    label: str | None = None,
-) -> dict[str, Any]:
-    """Time ``target`` on ``inputs`` (see module docstring); returns a JSON-ready record."""
-    if min_iters < 1 or warmup < 0:
-        raise ValueError("min_iters must be >= 1 and warmup >= 0")
+def _prepare(target: Any, inputs: Sequence[Any] | Mapping[str, Any],
+             threads: int | None) -> tuple[Callable[[], Any], str, int | None, Any]:
+    """``(run, runtime, threads, context)`` for one target (see module docstring)."""
     if isinstance(target, (str, Path)):
         from recdistill.export.runtime import make_session
 
         target = make_session(target, threads=threads or 1)
     if _is_session(target):
-        runtime = "onnxruntime"
         session_threads = target.get_session_options().intra_op_num_threads
         if threads is not None and session_threads and session_threads != threads:
             raise ValueError(f"the session runs {session_threads} intra-op threads, not {threads}: "
                              "create it with make_session(path, threads=...)")
-        threads = session_threads or threads
         feed = dict(inputs)
-
-        def run() -> Any:
-            return target.run(None, feed)
-
-        context = _nothing()
-    elif callable(target):
+        return (lambda: target.run(None, feed)), "onnxruntime", session_threads or threads, _nothing()
+    if callable(target):
         runtime = "torch" if "torch" in sys.modules and _is_torch(target, inputs) else "python"
         args = tuple(inputs.values()) if isinstance(inputs, Mapping) else tuple(inputs)
-
-        def run() -> Any:
-            return target(*args)
-
         threads = threads or 1
-        context = _torch_threads(threads) if runtime == "torch" else _nothing()
-    else:
-        raise TypeError(f"cannot profile a {type(target).__name__}: pass a module, callable, session or ONNX path")
+        return (lambda: target(*args)), runtime, threads, _torch_threads(threads) if runtime == "torch" else _nothing()
+    raise TypeError(f"cannot profile a {type(target).__name__}: pass a module, callable, session or ONNX path")
 
-    times: list[float] = []
-    with context:
-        for _ in range(warmup):
-            run()
-        first = None
-        while True:
-            start = clock()
-            run()
-            end = clock()
-            first = start if first is None else first
-            times.append(end - start)
-            if len(times) >= max_iters or (len(times) >= min_iters and end - first >= min_seconds):
-                break
+
+def _record(label: str | None, runtime: str, threads: int | None, inputs: Any, times: list[float], warmup: int,
+            min_iters: int, min_seconds: float) -> dict[str, Any]:
     batch = _batch_size(inputs)
     timed = float(sum(times))
     return {
@@ -140,6 +109,73 @@ def profile_latency(
         "throughput_per_s": batch * len(times) / timed if timed > 0 else float("inf"),
         "peak_rss_mb": _peak_rss_mb(),
     }
+
+
+def profile_latency(
+    target: Any,
+    inputs: Sequence[Any] | Mapping[str, Any],
+    *,
+    threads: int | None = 1,
+    warmup: int = 10,
+    min_iters: int = 50,
+    min_seconds: float = 1.0,
+    max_iters: int = 1_000_000,
+    clock: Callable[[], float] = time.perf_counter,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Time ``target`` on ``inputs`` (see module docstring); returns a JSON-ready record."""
+    if min_iters < 1 or warmup < 0:
+        raise ValueError("min_iters must be >= 1 and warmup >= 0")
+    run, runtime, threads, context = _prepare(target, inputs, threads)
+    times: list[float] = []
+    with context:
+        for _ in range(warmup):
+            run()
+        first = None
+        while True:
+            start = clock()
+            run()
+            end = clock()
+            first = start if first is None else first
+            times.append(end - start)
+            if len(times) >= max_iters or (len(times) >= min_iters and end - first >= min_seconds):
+                break
+    return _record(label, runtime, threads, inputs, times, warmup, min_iters, min_seconds)
+
+
+def profile_interleaved(
+    targets: Sequence[tuple[str, Any, Sequence[Any] | Mapping[str, Any]]],
+    *,
+    threads: int | None = 1,
+    warmup: int = 10,
+    min_iters: int = 50,
+    min_seconds: float = 1.0,
+    block: int = 25,
+    clock: Callable[[], float] = time.perf_counter,
+) -> list[dict[str, Any]]:
+    """Time several ``(label, target, inputs)`` in alternating blocks of ``block`` calls, so that
+    every target sees the same machine load (a ratio of two p50s is then fair on a shared
+    machine); stops once each has ``min_iters`` calls and ``min_seconds`` per target have passed.
+    One record per target, as ``profile_latency``'s."""
+    if min_iters < 1 or warmup < 0 or block < 1:
+        raise ValueError("min_iters and block must be >= 1 and warmup >= 0")
+    prepared = [(label, inputs, *_prepare(target, inputs, threads)) for label, target, inputs in targets]
+    times: list[list[float]] = [[] for _ in prepared]
+    with ExitStack() as stack:
+        for *_, context in prepared:
+            stack.enter_context(context)
+        for _, _, run, *_ in prepared:
+            for _ in range(warmup):
+                run()
+        begin = clock()
+        while not (all(len(t) >= min_iters for t in times) and clock() - begin >= min_seconds * len(prepared)):
+            for (_, _, run, *_), t in zip(prepared, times):
+                for _ in range(block):
+                    start = clock()
+                    run()
+                    t.append(clock() - start)
+    return [_record(label, runtime, n, inputs, t, warmup, min_iters, min_seconds)
+            for (label, inputs, _, runtime, n, _), t in zip(prepared, times)]
 
 
 def _is_torch(target: Any, inputs: Any) -> bool:

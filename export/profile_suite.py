@@ -5,7 +5,9 @@ times every runtime at every batch size and thread count on the *same* inputs (f
 sequences of ``seq_len`` items, or CTR rows built from the model's field sizes), records file
 size and parameter count, and the ONNX-Runtime-over-PyTorch speed-up on p50 where both ran.
 With a student and no ONNX file, the student is exported (fp32, parity-gated) to a temporary
-file first, so PyTorch and ONNX Runtime are always compared in one run.
+file first, so PyTorch and ONNX Runtime are always compared in one run. The two are timed in
+alternating blocks of calls (same machine load); ONNX Runtime at batch 1 uses the fixed-shape
+session ``OnnxRecommender`` serves one-user requests with.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 
 from recdistill.atomic import write_json, write_text
 from recdistill.export.metadata import read_onnx_metadata
-from recdistill.export.profile import profile_latency
+from recdistill.export.profile import profile_interleaved
 
 DEFAULT_SEQ_LEN = 50
 
@@ -53,8 +55,13 @@ def profile_models(
     min_iters: int = 50,
     min_seconds: float = 1.0,
     clock: Callable[[], float] | None = None,
+    fixed_single: bool = True,
 ) -> dict[str, Any]:
-    """Profile ``student`` (module or folder; PyTorch eager) and ``onnx_path`` (ONNX Runtime)."""
+    """Profile ``student`` (module or folder; PyTorch eager) and ``onnx_path`` (ONNX Runtime).
+
+    PyTorch and ONNX Runtime are timed interleaved (``profile_interleaved``: alternating blocks,
+    the same load for both); at batch 1 ONNX Runtime runs the fixed-shape session that
+    ``OnnxRecommender`` serves single histories with (``fixed_single=False``: the dynamic one)."""
     if student is None and onnx_path is None:
         raise ValueError("give a student, an ONNX file, or both")
     timer = {"warmup": warmup, "min_iters": min_iters, "min_seconds": min_seconds}
@@ -79,21 +86,28 @@ def profile_models(
         length = min(seq_len or DEFAULT_SEQ_LEN, int(meta.get("max_len") or seq_len or DEFAULT_SEQ_LEN))
         if meta.get("kind") == "ctr" and seq_len is None:
             length = 20
-        from recdistill.export.runtime import make_session
+        from recdistill.export.runtime import fixed_shape_dims, make_session
 
         for n_threads in threads:
             session = make_session(onnx_path, threads=n_threads)
             names = [i.name for i in session.get_inputs()]
             for batch in batch_sizes:
                 feed = numpy_inputs(meta, batch, length)
+                ort_feed = {k: feed[k] for k in names}
+                # batch 1: the fixed-shape session OnnxRecommender serves one-user requests with
+                ort_session = make_session(onnx_path, threads=n_threads, fixed_dims=fixed_shape_dims(
+                    session, 1, length)) if batch == 1 and fixed_single else session
+                targets = [("onnxruntime-fp32", ort_session, ort_feed)]
                 if model is not None:
                     import torch
 
                     order = ("sparse", "dense", "history") if meta.get("kind") == "ctr" else ("input_ids",)
                     args = [torch.from_numpy(feed[k]) for k in order]
-                    runs.append(profile_latency(model, args, threads=n_threads, label="pytorch-eager", **timer))
-                ort_feed = {k: feed[k] for k in names}
-                runs.append(profile_latency(session, ort_feed, threads=n_threads, label="onnxruntime-fp32", **timer))
+                    targets.insert(0, ("pytorch-eager", model, args))
+                for record in profile_interleaved(targets, threads=n_threads, **timer):
+                    if record["label"] != "pytorch-eager":
+                        record["session"] = "fixed shape (batch 1)" if ort_session is not session else "dynamic shape"
+                    runs.append(record)
     for run in runs:
         run["seq_len"] = length
     return {

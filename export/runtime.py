@@ -1,7 +1,8 @@
 """Serve an exported student with ONNX Runtime: numpy and onnxruntime only, no torch at import.
 
 ``OnnxRecommender(path)`` opens the file with pinned intra-op threads and full graph
-optimisation, reads the recdistill metadata (kind, graph, ``max_len``, ``k``) and:
+optimisation (plus, on first use, a batch-1 session with the input shape fixed for one-user
+requests: ``single_session``), reads the recdistill metadata (kind, graph, ``max_len``, ``k``) and:
 
 - sequential students: ``recommend(histories, k) -> (ids, scores)``. Histories are padded and
   truncated like the data module (left padding with 0, the newest ``max_len`` items kept).
@@ -17,7 +18,7 @@ optimisation, reads the recdistill metadata (kind, graph, ``max_len``, ``k``) an
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,14 @@ def make_session(
     threads: int = 1,
     optimization: str = "all",
     inter_op_threads: int = 1,
+    fixed_dims: Mapping[str, int] | None = None,
 ) -> ort.InferenceSession:
     """An ``InferenceSession`` on the CPU provider with ``threads`` intra-op threads.
 
     ``optimization``: ``"disable" | "basic" | "extended" | "all"`` (``GraphOptimizationLevel``).
+    ``fixed_dims``: symbolic input dimensions fixed at session creation (ONNX Runtime's free
+    dimension overrides, e.g. ``{"batch": 1, "sequence": 50}``; ``fixed_shape_dims`` builds them),
+    so the graph optimiser folds the shape arithmetic; such a session accepts only those sizes.
     """
     levels = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -54,7 +59,23 @@ def make_session(
     options.inter_op_num_threads = int(inter_op_threads)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = levels[optimization]
+    for name, size in (fixed_dims or {}).items():
+        options.add_free_dimension_override_by_name(name, int(size))
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def fixed_shape_dims(session: ort.InferenceSession, batch: int, length: int | None = None) -> dict[str, int]:
+    """Free-dimension overrides for one input shape: each input's symbolic dim 0 -> ``batch`` and,
+    for sequence inputs (``input_ids``, ``history``), symbolic dim 1 -> ``length``."""
+    dims: dict[str, int] = {}
+    for value in session.get_inputs():
+        shape = list(value.shape)
+        if shape and isinstance(shape[0], str):
+            dims[shape[0]] = int(batch)
+        if length is not None and value.name in ("input_ids", "history") and len(shape) > 1 \
+                and isinstance(shape[1], str):
+            dims[shape[1]] = int(length)
+    return dims
 
 
 def left_pad_histories(histories: Sequence[Sequence[int]], max_len: int) -> np.ndarray:
@@ -80,7 +101,9 @@ class OnnxRecommender:
     ) -> None:
         self.path = Path(path)
         self.threads = int(threads)
+        self.optimization = optimization
         self.session = make_session(self.path, threads=self.threads, optimization=optimization)
+        self._single: ort.InferenceSession | None = None
         self.metadata = decode_metadata(self.session.get_modelmeta().custom_metadata_map)
         self.kind = self.metadata.get("kind", "sequential")
         self.graph = self.metadata.get("graph", "logits")
@@ -129,14 +152,15 @@ class OnnxRecommender:
         self.last_unknown = sum(dropped for _, dropped in converted)
         self.unknown_total += self.last_unknown
         input_ids = left_pad_histories([ids for ids, _ in converted], self.max_len)
+        session = self.single_session() if len(histories) == 1 else self.session
         if self.graph == "serving":
             graph_k = int(self.metadata.get("k") or 0)
             if k > graph_k:
                 raise ValueError(f"k={k} exceeds the K={graph_k} built into the serving graph {self.path}")
-            scores, index = self.session.run(["scores", "item_ids"], {"input_ids": input_ids})
+            scores, index = session.run(["scores", "item_ids"], {"input_ids": input_ids})
             scores, index = scores[:, :k], index[:, :k]
         else:
-            (logits,) = self.session.run(["logits"], {"input_ids": input_ids})
+            (logits,) = session.run(["logits"], {"input_ids": input_ids})
             if not 1 <= k <= logits.shape[1] - 1:
                 raise ValueError(f"k={k} must be in 1..{logits.shape[1] - 1}")
             masked = logits.astype(np.float32, copy=True)
@@ -147,6 +171,15 @@ class OnnxRecommender:
             index = np.take_along_axis(part, order, axis=1)
             scores = np.take_along_axis(masked, index, axis=1)
         return self.to_raw(index), scores
+
+    def single_session(self) -> ort.InferenceSession:
+        """A second session of the same file with batch 1 and sequence ``max_len`` fixed (every
+        history is padded to ``max_len``), made on first use: the optimiser folds the graph's
+        shape arithmetic, which one-user requests pay on every call otherwise."""
+        if self._single is None:
+            self._single = make_session(self.path, threads=self.threads, optimization=self.optimization,
+                                        fixed_dims=fixed_shape_dims(self.session, 1, self.max_len))
+        return self._single
 
     def to_raw(self, index: np.ndarray) -> np.ndarray:
         """Item indices -> raw ids (identity without a vocabulary)."""

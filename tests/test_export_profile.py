@@ -154,3 +154,18 @@ def test_profile_command_writes_json_and_markdown(student_dir: Path, tmp_path: P
     assert [r["label"] for r in report["runs"]] == ["onnxruntime-fp32"] and report["speedup_p50"] == []
     neither = parse(["profile", "--output", str(output)])
     assert neither.handler(neither, []) == 2
+
+
+def test_profile_interleaved_alternates_blocks_until_both_are_done() -> None:
+    from recdistill.export.profile import profile_interleaved
+
+    order: list[str] = []
+    records = profile_interleaved([("a", lambda x: order.append("a"), [np.zeros((2, 3))]),
+                                   ("b", lambda x: order.append("b"), [np.zeros((1, 3))])],
+                                  threads=1, warmup=1, min_iters=6, min_seconds=0.0, block=3)
+    assert order[:2] == ["a", "b"]  # warm-up, then blocks of 3: a a a b b b a a a b b b
+    assert order[2:] == ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert [r["label"] for r in records] == ["a", "b"] and [r["iterations"] for r in records] == [6, 6]
+    assert [r["batch_size"] for r in records] == [2, 1]
+    with pytest.raises(ValueError):
+        profile_interleaved([("a", lambda: None, [])], block=0)

@@ -124,3 +124,21 @@ def test_serving_imports_neither_torch_nor_onnx(exported: dict[str, Path]) -> No
     assert done.returncode == 0, done.stderr
     ids, unknown = done.stdout.strip().rsplit(" ", 1)
     assert unknown == "1" and all(i in RAW for i in json.loads(ids)[0])
+
+
+@pytest.mark.parametrize("graph", ["logits", "serving"])
+def test_single_history_uses_a_fixed_shape_session_with_the_same_result(graph: str, sasrec: torch.nn.Module,
+                                                                         exported: dict[str, Path]) -> None:
+    from recdistill.export.runtime import fixed_shape_dims
+
+    rec = OnnxRecommender(exported[graph])
+    assert rec._single is None
+    ids, scores = rec.recommend([[3, 1, 4]], k=5)  # one history: the batch-1 session
+    single = rec.single_session()
+    assert fixed_shape_dims(rec.session, 1, MAX_LEN) == {"batch": 1, "sequence": MAX_LEN}
+    assert [tuple(i.shape) for i in single.get_inputs()] == [(1, MAX_LEN)]
+    expected_ids, expected_scores = torch_topk(sasrec, [[3, 1, 4]], 5)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
+    both, _ = rec.recommend([[3, 1, 4], [2]], k=5)  # several histories: the dynamic session
+    np.testing.assert_array_equal(both[:1], ids)
