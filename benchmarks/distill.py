@@ -53,6 +53,8 @@ VARIANTS: dict[str, list[str]] = {
         _terms({"name": "contrastive", "weight": 0.01}), "--model.embedding_fusion=null"],
     "item table from teacher (PCA)": [
         "--model.terms=[]", "--model.embedding_fusion=null", "--model.item_embedding_init=pca"],
+    "teacher pseudo-interactions (top-3 unseen, w 0.1)": [
+        _terms({"name": "augment", "weight": 0.1, "top_k": 10, "params": {"m": 3}}), "--model.embedding_fusion=null"],
     "DLLM2Rec ranking + embedding + hidden-state": [
         _terms({"name": "dllm2rec", "weight": 0.8, "top_k": 10,
                 "params": {"gamma": [0.3, 0.5, 0.1], "distance": "cosine", "student_output": "softmax"}},
@@ -65,7 +67,6 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
                           control: bool = True, overrides: list[str] | None = None,
                           readme: str | Path | None = None) -> dict[str, Any]:
     from recdistill.benchmarks.teacher import _collaborative_run
-    from recdistill.distill.fit import fit_distilled
 
     output_dir = Path(output_dir)
     seeds = seeds or [0]
@@ -82,12 +83,7 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
         runs.append({**json.loads((vanilla / "metrics.json").read_text()), "variant": "vanilla", "seed": seed})
 
     def distil(name: str, seed: int, teacher: dict[str, Any], extra: list[str]) -> dict[str, Any]:
-        args = [f"--seed_everything={seed}", f"--model.signals={teacher['signals']}", *extra, *(overrides or [])]
-        slug = _slug(name)
-        run_dir = output_dir / "runs" / f"distill-{slug}-seed{seed}"
-        inputs = {"recipe": recipe_path(DISTILL_RECIPE).read_text(), "args": args, "teacher": teacher["digest"]}
-        metrics = run_stage(f"distill-{slug}-seed{seed}", run_dir, inputs,
-                            lambda d: fit_distilled(DISTILL_RECIPE, d, args))
+        metrics = _distil_run(output_dir, name, seed, teacher, [*extra, *(overrides or [])])
         runs.append({**metrics, "variant": name, "seed": seed})
         write_json(output_dir / "distill.json", _payload(runs, seeds, teachers, started, best))
         return metrics
@@ -112,11 +108,58 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     return payload
 
 
+def _distil_run(output_dir: Path, name: str, seed: int, teacher: dict[str, Any], extra: list[str]) -> dict[str, Any]:
+    """Train (or reuse, when recipe, arguments and teacher are unchanged) one distilled student."""
+    from recdistill.distill.fit import fit_distilled
+
+    args = [f"--seed_everything={seed}", f"--model.signals={teacher['signals']}", *extra]
+    slug = _slug(name)
+    run_dir = output_dir / "runs" / f"distill-{slug}-seed{seed}"
+    inputs = {"recipe": recipe_path(DISTILL_RECIPE).read_text(), "args": args, "teacher": teacher["digest"]}
+    return run_stage(f"distill-{slug}-seed{seed}", run_dir, inputs, lambda d: fit_distilled(DISTILL_RECIPE, d, args))
+
+
+def screen_variant(name: str, seed: int = 0, output_dir: str | Path = "benchmarks/results",
+                   readme: str | Path | None = None) -> dict[str, Any]:
+    """Add one variant's run to an existing ``distill.json`` without rerunning the others: the
+    teacher of seed 0 is read from its recorded stage (never refitted; missing -> error), the run is
+    trained (or reused), replaces any earlier run of the same variant and seed, and ``distill.md``
+    (and the README block, if given) is re-rendered. ``best_on_validation`` is left as it was."""
+    output_dir = Path(output_dir)
+    if name not in VARIANTS:
+        raise ValueError(f"unknown distillation variant {name!r}; known: {list(VARIANTS)}")
+    stage = output_dir / "runs" / "distill-teacher-seed0" / "stage.json"
+    if not stage.is_file():
+        raise FileNotFoundError(f"{stage} is missing: run `recdistill bench distill` first (it fits the teacher)")
+    teacher = json.loads(stage.read_text())["outputs"]
+    metrics = _distil_run(output_dir, name, seed, teacher, VARIANTS[name])
+    payload = json.loads((output_dir / "distill.json").read_text())  # read after the run: others may have added theirs
+    payload["runs"] = [r for r in payload["runs"] if (r.get("variant"), r.get("seed")) != (name, seed)]
+    payload["runs"].append({**metrics, "variant": name, "seed": seed})
+    write_json(output_dir / "distill.json", payload)
+    markdown = render_markdown(payload)
+    write_text(output_dir / "distill.md", markdown)
+    if readme is not None:
+        update_readme(readme, markdown, markers=README_MARKERS)
+    return metrics
+
+
+EPOCH_COST_VARIANTS = ["DLLM2Rec ranking (top-10)", "DLLM2Rec ranking + embedding",
+                       "soft-label KL (full catalogue, tau 2)", "hidden-state (cosine)"]
+
+
 def measure_epoch_cost(signals: str | Path, variants: list[str] | None = None, repeats: int = 3,
-                       recipe: str = DISTILL_RECIPE) -> dict[str, Any]:
+                       recipe: str = DISTILL_RECIPE, output: str | Path | None = None,
+                       epochs: int = 1) -> dict[str, Any]:
     """Seconds of one training epoch (no validation) of the plain student and of each distilled
     variant, measured back to back in this process and alternated ``repeats`` times, so that a
-    shared machine's load hits every configuration alike; reports medians and ratios to plain."""
+    shared machine's load hits every configuration alike; reports wall and CPU seconds (this
+    process's, robust to other jobs on the machine), medians, ratios to plain and the 1-minute load
+    average before and after. ``output``: also write the result there as JSON.
+    ``epochs > 1`` trains that many epochs and times the last one only (what a cache filled in the
+    first epoch saves later); ``epochs = 1`` times the whole ``fit`` of one epoch, as before."""
+    import os
+
     import lightning as L
 
     from recdistill.distill.module import DistilledSequentialRecommender
@@ -128,7 +171,8 @@ def measure_epoch_cost(signals: str | Path, variants: list[str] | None = None, r
     config = read_recipe(recipe_path(recipe))
     datamodule = SequentialDataModule(**config["data"])
     student_args = config["model"]["student"]["init_args"]
-    names = ["plain", *(variants or [BEST])]
+    names = ["plain", *(variants or EPOCH_COST_VARIANTS)]
+    load_before = os.getloadavg()[0]
 
     def one_epoch(name: str) -> float:
         L.seed_everything(0, verbose=False)
@@ -141,20 +185,41 @@ def measure_epoch_cost(signals: str | Path, variants: list[str] | None = None, r
                                                     terms=model.get("terms") or [],
                                                     embedding_fusion=model.get("embedding_fusion"),
                                                     item_embedding_init=model.get("item_embedding_init"))
-        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
-        start = time.perf_counter()
+        class Clock(L.Callback):
+            def on_train_epoch_start(self, *_: Any) -> None:
+                self.started = (time.perf_counter(), time.process_time())
+
+            def on_train_epoch_end(self, *_: Any) -> None:
+                self.last = (time.perf_counter() - self.started[0], time.process_time() - self.started[1])
+
+        clock = Clock()
+        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
+        start = (time.perf_counter(), time.process_time())
         trainer.fit(module, datamodule=datamodule)
-        return time.perf_counter() - start
+        whole = (time.perf_counter() - start[0], time.process_time() - start[1])
+        return whole if epochs == 1 else clock.last
 
     seconds: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(repeats):
         for name in names:
-            seconds[name].append(round(one_epoch(name), 3))
+            wall, used = one_epoch(name)
+            seconds[name].append(round(wall, 3))
+            cpu[name].append(round(used, 3))
     plain = statistics.median(seconds["plain"])
-    return {"threads": torch.get_num_threads(), "repeats": repeats, "seconds": seconds,
-            "median_seconds": {name: statistics.median(v) for name, v in seconds.items()},
-            "ratio_to_plain": {name: round(statistics.median(v) / plain, 3) for name, v in seconds.items()}}
+    result = {"threads": torch.get_num_threads(), "repeats": repeats, "seconds": seconds,
+              "median_seconds": {name: statistics.median(v) for name, v in seconds.items()},
+              "ratio_to_plain": {name: round(statistics.median(v) / plain, 3) for name, v in seconds.items()},
+              # CPU seconds of this process: what the configuration costs, without the other jobs' share
+              "cpu_seconds": cpu, "cpu_ratio_to_plain": {
+                  name: round(statistics.median(v) / statistics.median(cpu["plain"]), 3) for name, v in cpu.items()},
+              "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+              "cpus": os.cpu_count(), "torch": torch.__version__, "epochs": epochs,
+              "timed": "whole fit of one epoch" if epochs == 1 else f"epoch {epochs} of {epochs}"}
+    if output is not None:
+        write_json(output, result)
+    return result
 
 
 def _override_model(model: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -278,4 +343,4 @@ def _count(runs: list[dict[str, Any]], name: str) -> str:
     return str(int(values[0])) if values else "?"
 
 
-__all__ = ["run_distill_benchmark", "render_markdown", "VARIANTS"]
+__all__ = ["run_distill_benchmark", "screen_variant", "measure_epoch_cost", "render_markdown", "VARIANTS"]

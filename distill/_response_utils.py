@@ -95,13 +95,14 @@ def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str) -> T
     trained with full-softmax cross-entropy. Under a softmax task loss the sigmoid form is
     degenerate: adding one constant to every logit leaves the task loss unchanged and drives
     −log σ(ŷ_i) to 0, so the term stops ranking anything; the softmax form is shift-invariant
-    like the task loss.
+    like the task loss. Missing ids (0) must be masked by the caller.
     """
-    picked = student_logits.gather(1, ids)
     if student_output == "sigmoid":
-        return F.softplus(-picked)
-    log_norm = torch.logsumexp(student_logits[:, 1:], dim=1, keepdim=True)
-    return log_norm - picked
+        return F.softplus(-student_logits.gather(1, ids))
+    # logsumexp(ŷ[1:]) − ŷ_i = −log_softmax(ŷ)_i + log(1 − softmax(ŷ)_0): one fused log-softmax over the
+    # contiguous rows (a copy of ŷ[:, 1:] and logsumexp's multi-pass backward cost more than the term)
+    log_p = F.log_softmax(student_logits, dim=1)
+    return torch.log1p(-log_p[:, :1].exp()) - log_p.gather(1, ids)
 
 
 def weighted_candidate_loss(student_logits: Tensor, ids: Tensor, weights: Tensor, student_output: str,

@@ -148,6 +148,19 @@ class ImportanceRankingDistillationLoss(nn.Module):
             return (u - e).norm(dim=-1)
         return 1.0 - F.cosine_similarity(u, e, dim=-1)
 
+    def _cosine_dist(self, u: Tensor, table: Tensor, index: Tensor) -> Tensor:
+        """``1 − cos(u, table[index])`` (u ``[B, D]``, index ``[B]`` or ``[B, K]``) as F.cosine_similarity
+        computes it (each side divided by max(‖·‖, 1e-8), then the dot product), with the table's rows
+        normalised once per table instead of once per batch row."""
+        # keyed on the table object itself (kept referenced, so its memory is never reused) and its version
+        if getattr(self, "_unit_source", None) is not table or self._unit_version != table._version:
+            self._unit_source, self._unit_version = table, table._version
+            self._unit_table = table / torch.linalg.vector_norm(table, dim=-1, keepdim=True).clamp_min(1e-8)
+        unit_u = u / torch.linalg.vector_norm(u, dim=-1, keepdim=True).clamp_min(1e-8)
+        if index.dim() == 2:
+            unit_u = unit_u.unsqueeze(1)
+        return 1.0 - (unit_u * self._unit_table[index]).sum(dim=-1)
+
     def confidence_weights(
         self,
         teacher_topk_ids: Tensor,
@@ -179,10 +192,11 @@ class ImportanceRankingDistillationLoss(nn.Module):
             t = target.detach().long().reshape(-1)
             if t.shape[0] != ids.shape[0]:
                 raise ValueError(f"target must be [B] with B={ids.shape[0]}, got {tuple(target.shape)}")
-            d = self._dist(u, E[t].to(dtype))  # [B]
+            d = self._cosine_dist(u, E.to(dtype), t) if self.distance == "cosine" else self._dist(u, E[t].to(dtype))
             w = torch.exp(-d).unsqueeze(1).expand_as(ids)
             return torch.where(valid, w, torch.zeros_like(w))
-        d = self._dist(u.unsqueeze(1), E[ids].to(dtype))  # [B, K]
+        d = self._cosine_dist(u, E.to(dtype), ids) if self.distance == "cosine" \
+            else self._dist(u.unsqueeze(1), E[ids].to(dtype))  # [B, K]
         logits = (-d).masked_fill(~valid, float("-inf"))
         w = torch.softmax(logits, dim=1)
         return torch.where(valid, w, torch.zeros_like(w)).nan_to_num(0.0)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,9 +54,13 @@ class DistilledSequentialRecommender(SequentialRecommender):
         item_embedding_init: str | None = None,
         embedding_fusion: Mapping[str, Any] | None = None,
         in_memory: bool | str = "auto",
+        teacher_logits_memory: int = 1 << 30,
     ) -> None:
         """``signals``: folder of a teacher-signal cache (``recdistill teacher emit``); ``terms``:
-        ``[{name, weight, params}]`` (see ``recdistill.distill.terms``)."""
+        ``[{name, weight, params}]`` (see ``recdistill.distill.terms``); ``teacher_logits_memory``: bytes
+        for keeping the teacher logits rebuilt from the cache (``[N+1]`` floats per example) after their
+        first rebuild, so that later epochs read them instead of recomputing ``score_user @ score_items``
+        (exact: the same rows; 0 turns it off, a cache over the budget is never kept)."""
         super().__init__(student, num_items=num_items, lr=lr, weight_decay=weight_decay, mask_seen=mask_seen,
                          ks=ks, sampled_negatives=sampled_negatives)
         if item_embedding_init not in ITEM_INITS:
@@ -90,6 +95,9 @@ class DistilledSequentialRecommender(SequentialRecommender):
         # the teacher item table travels with the module (device moves) but is never saved
         self.register_buffer("teacher_item_table", table, persistent=False)
         self._install_item_table(item_embedding_init, embedding_fusion)
+        self._logit_rows: Tensor | None = None
+        self._logit_budget = int(teacher_logits_memory) if "teacher_logits" in self._context_keys \
+            or "teacher_target_score" in self._context_keys else 0
 
     # -- set-up ------------------------------------------------------------------------
     def _signal_dims(self, wanted: set[str], table: Tensor | None) -> dict[str, int]:
@@ -173,27 +181,35 @@ class DistilledSequentialRecommender(SequentialRecommender):
         coverage = float(valid.float().mean()) if valid.numel() else 0.0
         if not bool(valid.any()):
             return None, coverage
-        rows = valid.to(out.logits.device)
+        device = out.logits.device
+        rows = valid.to(device)
+        # a fully covered batch (train_every = 1) reads every tensor as it is: no row copy, no index backward
+        everything = bool(valid.all())
+        pick = (lambda t: t) if everything else (lambda t: t[rows])
         keys = self._context_keys
-        ctx: dict[str, Any] = {"student_logits": out.logits[rows], "target": out.labels[rows]}
+        ctx: dict[str, Any] = {"student_logits": pick(out.logits), "target": pick(out.labels)}
         if keys & {"student_hidden", "student_layers"}:
             positions = out.positions
             if "student_hidden" in keys:
-                ctx["student_hidden"] = out.encoded.sequence[positions][rows]
+                ctx["student_hidden"] = pick(out.encoded.sequence[positions])
             if "student_layers" in keys:
-                ctx["student_layers"] = [layer[positions][rows] for layer in self._block_states(out.encoded)]
+                ctx["student_layers"] = [pick(layer[positions]) for layer in self._block_states(out.encoded)]
+        if "history" in keys:
+            ctx["history"] = pick(self._history(out))
+        table = self.teacher_item_table
         for key, signal in TEACHER_SIGNALS.items():
             if key in keys and signal in found:
-                value = found[signal][valid].to(out.logits.device)
+                value = found[signal] if everything else found[signal][valid]
+                if key == "teacher_user" and table is not None:
+                    # a hybrid teacher's user row is [LLM user, CF state]; its LLM part shares the item table's space
+                    value = value[:, : table.shape[1]]
+                value = value.to(device)
                 ctx[key] = value.float() if value.is_floating_point() else value.long()
         if keys & {"teacher_logits", "teacher_target_score"}:
-            logits, _ = self.signals.teacher_logits(example_ids[valid.to(example_ids.device)].cpu())
-            logits = logits.to(out.logits.device).float()
+            covered = example_ids if everything else example_ids[valid.to(example_ids.device)]
+            logits = self._teacher_logits(covered.cpu()).to(device).float()
             ctx["teacher_logits"] = logits
             ctx["teacher_target_score"] = logits.gather(1, ctx["target"].long().unsqueeze(1)).squeeze(1)
-        if "teacher_user" in ctx and self.teacher_item_table is not None:
-            # a hybrid teacher's user row is [LLM user, CF state]; its LLM part shares the item table's space
-            ctx["teacher_user"] = ctx["teacher_user"][:, : self.teacher_item_table.shape[1]]
         if "teacher_item_emb" in keys:
             ctx["teacher_item_emb"] = self.teacher_item_table
         if keys & {"batch_item_ids", "student_item_emb_batch", "teacher_item_emb_batch"}:
@@ -202,6 +218,35 @@ class DistilledSequentialRecommender(SequentialRecommender):
             ctx["student_item_emb_batch"] = self.student.item_embedding(items)
             ctx["teacher_item_emb_batch"] = self.teacher_item_table[items]
         return ctx, coverage
+
+    def _teacher_logits(self, example_ids: Tensor) -> Tensor:
+        """The teacher's logits ``[P, N+1]`` rebuilt from the cache for covered ``example_ids``; kept in
+        memory after the first rebuild when all of the cache's rows fit ``teacher_logits_memory``."""
+        count, width = len(self.signals), self.signals.num_items + 1
+        if self._logit_budget <= 0 or count * width * 4 > self._logit_budget:
+            return self.signals.teacher_logits(example_ids)[0]
+        if self._logit_rows is None:  # pages are touched only as rows are filled
+            self._logit_ids = np.sort(self.signals.example_ids())
+            self._logit_rows = torch.empty(count, width)
+            self._logit_filled = torch.zeros(count, dtype=torch.bool)
+        slots = torch.from_numpy(np.searchsorted(self._logit_ids, example_ids.numpy()))
+        fresh = ~self._logit_filled[slots]
+        if bool(fresh.any()):
+            rebuilt, _ = self.signals.teacher_logits(example_ids[fresh])
+            self._logit_rows[slots[fresh]] = rebuilt.float()
+            self._logit_filled[slots[fresh]] = True
+        return self._logit_rows.index_select(0, slots)
+
+    def _history(self, out: Any) -> Tensor:
+        """``[P, L]`` items the student saw at each supervised position (0 elsewhere): its window up to
+        and including the position (causal), or every unmasked item of the window (cloze)."""
+        inputs = out.input_ids
+        if getattr(self.student, "objective", "next_item") == "cloze":
+            real = inputs.masked_fill(inputs > self.student.num_items, 0)
+            return real.unsqueeze(1).expand(-1, inputs.shape[1], -1)[out.positions]
+        row, col = out.positions.nonzero(as_tuple=True)
+        later = torch.arange(inputs.shape[1], device=inputs.device).unsqueeze(0) > col.unsqueeze(1)
+        return inputs[row].masked_fill(later, 0)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         # projectors and adapters inside the terms train with the student

@@ -60,3 +60,5 @@ def build_loss(name: str, **kwargs):
         known = ", ".join(sorted(DISTILL_LOSSES)) or "(none registered)"
         raise ValueError(f"unknown distillation loss {name!r}; known losses: {known}")
     return DISTILL_LOSSES[name](**kwargs)
+
+from recdistill.distill import augment as _augment  # noqa: E402,F401  registers "augment" (teacher pseudo-interactions)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,39 @@ def _kl_rows(teacher_scores: Tensor, student_scores: Tensor, valid: Tensor, tau:
     p = log_p.exp()
     terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
     return terms.sum(dim=1)
+
+
+class _FullCatalogueKL(torch.autograd.Function):
+    """Per-row KL(p ‖ softmax(s)) for teacher log-probs ``log_p`` (detached) and student scores ``s``:
+
+        KL = Σ p·log p − Σ p·s + logsumexp(s)·Σ p,      ∂KL/∂s = softmax(s)·Σ p − p
+
+    the same value as Σ p·(log p − log softmax(s)) (terms with p = 0 are 0), in one pass forward
+    and one backward, without the autograd graph of two masked log-softmaxes."""
+
+    @staticmethod
+    def forward(ctx: Any, s: Tensor, log_p: Tensor) -> Tensor:
+        p = log_p.exp()
+        live = p > 0
+        lse = torch.logsumexp(s, dim=1, keepdim=True)
+        mass = p.sum(dim=1, keepdim=True)
+        zero = torch.zeros((), dtype=s.dtype, device=s.device)
+        cross = torch.where(live, p * s, zero).sum(dim=1)
+        entropy = torch.where(live, p * log_p, zero).sum(dim=1)
+        ctx.save_for_backward(s, lse, p, mass)
+        return entropy - cross + lse.squeeze(1) * mass.squeeze(1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        s, lse, p, mass = ctx.saved_tensors
+        return grad.unsqueeze(1) * ((s - lse).exp() * mass - p), None
+
+
+def full_catalogue_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float) -> Tensor:
+    """``[B]`` KL(softmax(t/τ) ‖ softmax(s/τ)) over columns 1..N (column 0 = padding left out); equal
+    to :func:`_kl_rows` with every column but 0 valid (teacher -inf entries get probability 0)."""
+    log_p = torch.log_softmax(teacher_logits[:, 1:].detach() / tau, dim=1)
+    return _FullCatalogueKL.apply(student_logits[:, 1:] / tau, log_p)
 
 
 @register_loss("soft_kl")
@@ -105,10 +138,8 @@ class SoftLabelKLLoss(nn.Module):
                     f"teacher_logits must have the student's shape {tuple(student_logits.shape)}, "
                     f"got {tuple(t.shape)}"
                 )
-            valid = torch.ones_like(t, dtype=torch.bool)
-            valid[:, 0] = False
-            per_row = _kl_rows(t, student_logits, valid, tau) * tau**2
-            return reduce_rows(per_row, valid.any(dim=1), self.reduction)
+            per_row = full_catalogue_kl(t, student_logits, tau) * tau**2
+            return reduce_rows(per_row, torch.full_like(per_row, t.shape[1] > 1, dtype=torch.bool), self.reduction)
 
         missing = [n for n, v in (("teacher_topk_ids", teacher_topk_ids), ("teacher_topk_scores", teacher_topk_scores)) if v is None]
         if missing:

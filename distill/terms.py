@@ -17,7 +17,8 @@ student side (computed from the student's own forward pass, nothing recomputed):
   ``student_logits`` [P, N+1] · ``student_hidden`` [P, d] (state at the supervised position) ·
   ``student_layers`` list of [P, d] (``Encoded.layers`` at those positions) · ``target`` [P] ·
   ``batch_item_ids`` [M] / ``student_item_emb_batch`` [M, d] (the batch's target items) ·
-  ``label`` [P] (CTR click labels)
+  ``label`` [P] (CTR click labels) · ``history`` [P, L] (the items of the student's input window
+  up to each position, 0 = padding; for a cloze student the unmasked items of its window)
 teacher side (read from the signal cache; ``TEACHER_SIGNALS`` names the cache signal behind each):
   ``teacher_topk_ids`` / ``teacher_topk_scores`` [P, K] · ``teacher_hidden`` [P, D] ·
   ``teacher_layers`` [P, M, D] · ``teacher_user`` [P, D_u] · ``teacher_logits`` [P, N+1] (rebuilt
@@ -51,7 +52,7 @@ TEACHER_SIGNALS: dict[str, str] = {
     "teacher_item_emb_batch": "item_embeddings",
 }
 STUDENT_KEYS = frozenset({"student_logits", "student_hidden", "student_layers", "target", "batch_item_ids",
-                          "student_item_emb_batch", "label"})
+                          "student_item_emb_batch", "label", "history"})
 CONTEXT_KEYS = STUDENT_KEYS | frozenset(TEACHER_SIGNALS)
 
 

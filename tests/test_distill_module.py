@@ -228,3 +228,21 @@ def test_distilled_evaluation_reports_the_cold_rare_warm_slices(split, datamodul
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     counts = [test[f"test/{s}/count"] for s in ("cold", "rare", "warm")]
     assert sum(counts) == split.num_users
+
+
+def test_teacher_logits_kept_in_memory_equal_the_rebuilt_ones(split, datamodule, every_third):
+    terms = [{"name": "soft_kl", "weight": 1.0, "params": {"temperature": 2.0, "source": "full"}}]
+    kept = DistilledSequentialRecommender(_student(split), signals=str(every_third), num_items=split.num_items,
+                                          terms=terms)
+    fresh = DistilledSequentialRecommender(_student(split), signals=str(every_third), num_items=split.num_items,
+                                           terms=terms, teacher_logits_memory=0)
+    ids = torch.as_tensor(kept.signals.example_ids()[[5, 1, 9, 1]])
+    first = kept._teacher_logits(ids)
+    assert int(kept._logit_filled.sum()) == 3  # three distinct examples rebuilt once, then read
+    assert torch.equal(kept._teacher_logits(ids), first) and torch.equal(first, fresh._teacher_logits(ids))
+    batch = _batch(datamodule)
+    for module in (kept, fresh):
+        module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    losses = [float(kept.training_step(batch, 0)), float(kept.training_step(batch, 0)),
+              float(fresh.training_step(batch, 0))]
+    assert losses[0] == losses[1] == pytest.approx(losses[2], rel=1e-6)

@@ -497,3 +497,67 @@ def test_softmax_student_output_matches_hand_value_and_is_shift_invariant(name, 
 def test_unknown_student_output_is_refused():
     with pytest.raises(ValueError, match="student_output must be one of"):
         build_loss("rd", student_output="probit")
+
+
+def test_softmax_candidate_nll_equals_the_logsumexp_formula_in_value_and_gradient():
+    from recdistill.distill._response_utils import candidate_nll
+
+    torch.manual_seed(3)
+    logits = torch.randn(6, 20, dtype=torch.float64)
+    logits[1, 5] = float("-inf")  # a masked column
+    ids = torch.randint(1, 20, (6, 4))
+    ids[2, 1] = 0
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    new = candidate_nll(a, ids, "softmax")
+    old = torch.logsumexp(b[:, 1:], dim=1, keepdim=True) - b.gather(1, ids)  # the former formula
+    valid = ids > 0
+    assert torch.allclose(new[valid], old[valid], rtol=1e-12, atol=1e-12)
+    w = torch.rand(6, 4, dtype=torch.float64)
+    (w * torch.where(valid, new, torch.zeros_like(new))).sum().backward()
+    (w * torch.where(valid, old, torch.zeros_like(old))).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_full_catalogue_kl_equals_the_masked_log_softmax_formula_in_value_and_gradient():
+    from recdistill.distill.soft_label import _kl_rows, full_catalogue_kl
+
+    torch.manual_seed(4)
+    teacher = torch.randn(5, 30, dtype=torch.float64) * 3
+    teacher[:, 0] = float("-inf")
+    teacher[2, 7] = float("-inf")  # an item the teacher masks: probability 0
+    student = torch.randn(5, 30, dtype=torch.float64)
+    a, b = student.clone().requires_grad_(True), student.clone().requires_grad_(True)
+    valid = torch.ones_like(teacher, dtype=torch.bool)
+    valid[:, 0] = False
+    new = full_catalogue_kl(teacher, a, 2.0)
+    old = _kl_rows(teacher, b, valid, 2.0)  # the former full-catalogue path
+    assert torch.allclose(new, old, rtol=1e-10, atol=1e-12)
+    w = torch.rand(5, dtype=torch.float64)
+    (w * new).sum().backward()
+    (w * old).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda s: full_catalogue_kl(teacher, s, 2.0), (student.clone().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("conf", ["sequence", "item"])
+def test_dllm2rec_cosine_confidence_equals_torch_cosine_similarity(conf):
+    import torch.nn.functional as F
+
+    torch.manual_seed(5)
+    user, table = torch.randn(7, 6), torch.randn(12, 6)
+    table[3] = 0.0  # a zero row: both clamp its norm at 1e-8
+    ids, target = torch.randint(1, 12, (7, 4)), torch.randint(1, 12, (7,))
+    loss = build_loss("dllm2rec", confidence=conf, distance="cosine")
+    got = loss.confidence_weights(ids, user, table, target)
+    if conf == "sequence":
+        d = 1 - F.cosine_similarity(user, table[target], dim=-1)
+        want = torch.exp(-d).unsqueeze(1).expand_as(ids)
+    else:
+        want = torch.softmax(-(1 - F.cosine_similarity(user.unsqueeze(1), table[ids], dim=-1)), dim=1)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+    table.mul_(2.0).add_(1.0)  # an in-place change of the table is seen (its version moves)
+    again = loss.confidence_weights(ids, user, table, target)
+    want = torch.exp(-(1 - F.cosine_similarity(user, table[target], dim=-1))) if conf == "sequence" else None
+    if want is not None:
+        assert torch.allclose(again[:, 0], want, rtol=1e-6, atol=1e-7)
