@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-faults clean
+.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-faults bench-kar clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-compress: $(STAMP)
 # SIGKILL loops, byte flips and bad inputs (tiny models; a few minutes).
 bench-faults: $(STAMP)
 	$(BIN)/recdistill bench faults --output-dir benchmarks/results --update-readme README.md
+
+# CTR students with / without KAR teacher item vectors (needs the ml100k_teacher_ctr cache: KAR_SIGNALS).
+bench-kar: $(STAMP)
+	$(BIN)/recdistill bench kar --output-dir benchmarks/results --seeds $(SEEDS) --signals $(or $(KAR_SIGNALS),runs/ml100k/teacher_ctr/signals) --update-readme README.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -9,11 +9,12 @@
     recdistill export --student DIR --output OUT.onnx [--serving] [--k 10]
     recdistill profile --onnx FILE | --student DIR [--batch-sizes 1 256] [--threads 1 2]
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
-    recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--update-readme README.md]
+    recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--dataset planted] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
     recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--update-readme README.md]
-    recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--update-readme README.md]
+    recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only] [--update-readme README.md]
+    recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--signals DIR] [--update-readme README.md]
     recdistill run RECIPE --output-dir DIR
     recdistill compare RUN_DIR [RUN_DIR ...] [--output-dir OUT]
     recdistill quickstart [--output-dir runs/quickstart]
@@ -120,7 +121,7 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
 
         run_compress_benchmark(args.output_dir, students=args.students, seed=(args.seeds or [0])[0],
                                teachers=not args.no_teachers, readme=args.update_readme,
-                               parent_max_epochs=args.parent_max_epochs)
+                               parent_max_epochs=args.parent_max_epochs, pq_only=args.pq_only)
         return 0
     if args.suite == "distill-sweep":
         from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
@@ -135,11 +136,17 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         run_distill_benchmark(args.output_dir, seeds=args.seeds, variants=args.variants, control=not args.no_control,
                               overrides=rest, readme=args.update_readme)
         return 0
+    if args.suite == "kar":
+        from recdistill.benchmarks.kar import DEFAULT_SIGNALS, run_kar_benchmark
+
+        run_kar_benchmark(args.output_dir, seeds=args.seeds, models=args.students, overrides=rest,
+                          signals=args.signals or DEFAULT_SIGNALS, readme=args.update_readme)
+        return 0
     if args.suite == "teacher":
         from recdistill.benchmarks.teacher import run_teacher_benchmark
 
         run_teacher_benchmark(args.output_dir, seeds=args.seeds, ablations=not args.no_ablations, overrides=rest,
-                              readme=args.update_readme)
+                              readme=args.update_readme, dataset=args.dataset)
         return 0
     from recdistill.benchmarks.students import run_student_benchmark
 
@@ -228,11 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
-    bench.add_argument("suite", choices=["students", "teacher", "distill", "distill-sweep", "compress", "faults"])
+    bench.add_argument("suite", choices=["students", "teacher", "distill", "distill-sweep", "compress", "faults", "kar"])
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
     bench.add_argument("--no-ablations", action="store_true", help="teacher: skip the seed-0 ablations")
+    bench.add_argument("--dataset", choices=["ml100k", "planted"], default="ml100k", help="teacher: the data set")
     bench.add_argument("--variants", nargs="*", default=None, help="distill: the variants to run (default: all)")
     bench.add_argument("--no-control", action="store_true",
                        help="distill: skip the control teacher (random-init LLM layers)")
@@ -240,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress: skip the teacher-to-student latency rows")
     bench.add_argument("--parent-max-epochs", type=int, default=None,
                        help="compress: cap the training of parents not trained yet (recorded per student)")
+    bench.add_argument("--signals", default=None, help="kar: the ml100k_teacher_ctr signal cache folder")
+    bench.add_argument("--pq-only", action="store_true",
+                       help="compress: re-run only the PQ stage (post-hoc PQ + RecJPQ joint training) of --students")
     bench.add_argument("--kills", type=int, default=10, help="faults: SIGKILLs per command (at least)")
     bench.add_argument("--seed", type=int, default=0, help="faults: seed of the kill times and flipped bytes")
     bench.add_argument("--flips", type=int, default=3, help="faults: byte flips per corrupted file kind")

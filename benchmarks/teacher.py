@@ -36,7 +36,15 @@ README_MARKERS = ("<!-- bench:teacher:start -->", "<!-- bench:teacher:end -->")
 
 def run_teacher_benchmark(output_dir: str | Path = "benchmarks/results", seeds: list[int] | None = None,
                           recipe: str = TEACHER_RECIPE, ablations: bool = True,
-                          overrides: list[str] | None = None, readme: str | Path | None = None) -> dict[str, Any]:
+                          overrides: list[str] | None = None, readme: str | Path | None = None,
+                          dataset: str = "ml100k") -> dict[str, Any]:
+    """Run the teacher benchmark; ``dataset="planted"`` runs :mod:`recdistill.benchmarks.teacher_planted`."""
+    if dataset == "planted":
+        from recdistill.benchmarks.teacher_planted import run_planted_teacher_benchmark
+
+        return run_planted_teacher_benchmark(output_dir, seeds=seeds, overrides=overrides, readme=readme)
+    if dataset != "ml100k":
+        raise ValueError(f"unknown teacher benchmark dataset {dataset!r}; use ml100k or planted")
     output_dir = Path(output_dir)
     seeds = seeds if seeds else [0]
     started = time.time()
@@ -143,19 +151,45 @@ def _spread(values: list[float]) -> str:
     return f"{med:.4f} ({min(values):.4f}–{max(values):.4f})" if len(values) > 1 else f"{med:.4f}"
 
 
-def _row(label: str, runs: list[dict[str, Any]], part: str | None = None) -> str:
-    """One table row; ``part`` = ``llm_only`` / ``collaborative_only`` reads that part of a fused teacher."""
-    def pick(run: dict[str, Any]) -> dict[str, Any]:
-        return run if part is None else {**run["fusion"][part], "long_tail": {"test": run["fusion"][part].get(
-            "long_tail_test", {})}}
+SLICES = ("cold", "rare", "warm")
 
-    rows = [pick(r) for r in runs]
-    tail = [r["long_tail"]["test"].get("ndcg@10", 0.0) for r in rows]
+
+def _has_slices(metrics: dict[str, Any]) -> bool:
+    return all(f"{name}/ndcg@10" in metrics for name in SLICES)
+
+
+def _view(run: dict[str, Any], part: str | None) -> dict[str, Any]:
+    """``{"valid", "test", "tail"}`` of a run, or of one part of a fused teacher (``llm_only`` ...)."""
+    if part is None:
+        return {"valid": run["valid"], "test": run["test"], "tail": run.get("long_tail", {}).get("test", {})}
+    p = run["fusion"][part]
+    return {"valid": p["valid"], "test": p["test"], "tail": p.get("long_tail_test", {})}
+
+
+def _slice_counts(runs: list[dict[str, Any]]) -> dict[str, int]:
+    """Test targets per slice (the split is the same for every seed on ML-100K): from the first run with slices."""
+    for run in runs:
+        if _has_slices(run["test"]):
+            return {name: int(run["test"].get(f"{name}/count", 0)) for name in SLICES}
+    return {}
+
+
+def _row(label: str, runs: list[dict[str, Any]], part: str | None = None, long_tail: bool = True) -> str:
+    """One table row; ``part`` = ``llm_only`` / ``collaborative_only`` reads that part of a fused teacher.
+
+    Slice cells (cold / rare / warm test NDCG@10) are ``-`` for runs evaluated before slices existed;
+    ``long_tail`` adds the older cold+rare (<= 10 interactions) column."""
+    rows = [_view(r, part) for r in runs]
+    sliced = [r["test"] for r in rows if _has_slices(r["test"])]
+    slices = [_spread([m[f"{name}/ndcg@10"] for m in sliced]) for name in SLICES]
+    tail = [_spread([r["tail"].get("ndcg@10", 0.0) for r in rows])] if long_tail else []
     alphas = [r["fusion"]["alpha"] for r in runs if r.get("fusion")] if part is None else []
     alpha = ", ".join(f"{a:.1f}" for a in alphas) if alphas else "-"
-    minutes = f"{statistics.median(r['fit_seconds'] for r in runs) / 60:.1f}" if part is None else "-"
-    return (f"| {label} | {_spread([r['valid']['ndcg@10'] for r in rows])} | {_spread([r['test']['ndcg@10'] for r in rows])} | "
-            f"{_spread([r['test']['hr@10'] for r in rows])} | {_spread(tail)} | {alpha} | {minutes} |")
+    minutes = (f"{statistics.median(r['fit_seconds'] for r in runs) / 60:.1f}"
+               if part is None and all("fit_seconds" in r for r in runs) else "-")
+    cells = [_spread([r["valid"]["ndcg@10"] for r in rows]), _spread([r["test"]["ndcg@10"] for r in rows]),
+             _spread([r["test"]["hr@10"] for r in rows]), *slices, *tail, alpha, minutes]
+    return f"| {label} | " + " | ".join(cells) + " |"
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
@@ -166,34 +200,46 @@ def render_markdown(payload: dict[str, Any]) -> str:
     teacher = by_variant.get("teacher", [])
     n_tail = teacher[0]["long_tail"]["test"]["num_examples"] if teacher else 0
     threads = teacher[0]["threads"] if teacher else "-"
+    counts = _slice_counts(teacher)
+    # the older cold+rare column stays while any run predates the cold / rare / warm slices
+    long_tail = any(not _has_slices(r["test"]) for r in payload["runs"])
+    slice_head = [f"{name} test NDCG@10" + (f" (n={counts[name]})" if counts else "") for name in SLICES]
+    head = ["model", "valid NDCG@10", "test NDCG@10", "test HR@10", *slice_head,
+            *([f"long tail (cold+rare, n={n_tail}) test NDCG@10"] if long_tail else []), "alpha", "fit min"]
+    note = (f" Long tail = the {n_tail} test targets with <= 10 training interactions (cold + rare); runs "
+            f"evaluated before the cold / rare / warm slices existed show `-` there." if long_tail else "")
     lines = [
         f"Teacher `{payload['recipe']}` on MovieLens-100K ({payload['protocol']}); median (min–max) over "
         f"seeds {seeds}, ablations on seed {seeds[0]}; torch {payload['torch']}, CPU, {threads} threads. "
-        f"Long tail = the {n_tail} test targets with <= 10 training interactions. alpha = the LLM's weight "
-        f"in the logit mixture, chosen on validation. fit min = wall minutes of `recdistill teacher fit`. "
-        f"Reproduce: `make bench-teacher` (after `make bench`).",
+        f"Slices by the test target's training interactions: cold 0, rare 1–10, warm > 10.{note} alpha = the "
+        f"LLM's weight in the logit mixture, chosen on validation. fit min = wall minutes of `recdistill teacher "
+        f"fit`. Reproduce: `make bench-teacher` (after `make bench`).",
         "",
-        "| model | valid NDCG@10 | test NDCG@10 | test HR@10 | long-tail test NDCG@10 | alpha | fit min |",
-        "|---|---|---|---|---|---|---|",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
+    blank = " | ".join(["-"] * (len(head) - 4))
     students = payload.get("students") or {}
     for name, label in (("sasrec", "SASRec, student recipe (last window)"),
                         (COLLABORATIVE, "SASRec, all windows = the teacher's CF part")):
         ref = students.get(name)
         if ref:
             lines.append(f"| {label} | {_spread(ref['valid_ndcg@10'])} | {_spread(ref['test_ndcg@10'])} | "
-                         f"{_spread(ref['test_hr@10'])} | - | - | - |")
+                         f"{_spread(ref['test_hr@10'])} | {blank} |")
     if teacher:
         if teacher[0].get("fusion"):
-            lines.append(_row("SmolLM2 + LoRA teacher alone (the LLM part)", teacher, "llm_only"))
-        lines.append(_row("**hybrid teacher: LLM + CF logit mixture**", teacher))
+            lines.append(_row("the teacher's CF part (SASRec, all windows) as evaluated beside it", teacher,
+                              "collaborative_only", long_tail))
+            lines.append(_row("SmolLM2 + LoRA teacher alone (the LLM part)", teacher, "llm_only", long_tail))
+        lines.append(_row("**hybrid teacher: LLM + CF logit mixture**", teacher, long_tail=long_tail))
         untuned = [r["untuned_llm"]["test"]["ndcg@10"] for r in teacher if r.get("untuned_llm")]
         if untuned:
-            lines.append(f"| untuned SmolLM2 (item-text cosine to the last 5 items) | - | {_spread(untuned)} | - | - | - | - |")
+            lines.append(f"| untuned SmolLM2 (item-text cosine to the last 5 items) | - | {_spread(untuned)} | - | "
+                         f"{blank} |")
     for variant, runs in by_variant.items():
         if variant == "teacher":
             continue
-        lines.append(_row(f"ablation: {variant}", runs))
+        lines.append(_row(f"ablation: {variant}", runs, long_tail=long_tail))
         if runs[0].get("fusion"):
-            lines.append(_row(f"ablation: {variant}, LLM part", runs, "llm_only"))
+            lines.append(_row(f"ablation: {variant}, LLM part", runs, "llm_only", long_tail))
     return "\n".join(lines) + "\n"

@@ -34,3 +34,39 @@ def test_table_reports_medians_spreads_parts_and_references():
     assert "| 0.1110 |" in rows["ablation: no text"] and "| 0.0500 |" in rows["ablation: no text, LLM part"]
     assert "0.0190" in rows["untuned SmolLM2 (item-text cosine to the last 5 items)"]
     assert "47 test targets" in table
+
+
+def _sliced(metrics: dict, cold: float, rare: float, warm: float) -> dict:
+    return {**metrics, "cold/ndcg@10": cold, "cold/count": 3.0, "rare/ndcg@10": rare, "rare/count": 44.0,
+            "warm/ndcg@10": warm, "warm/count": 896.0}
+
+
+def test_table_shows_cold_rare_warm_columns_with_counts_when_every_run_has_slices():
+    runs = []
+    for seed, rare in ((0, 0.03), (1, 0.05), (2, 0.04)):
+        run = _run("teacher", seed, 0.12, 0.09, 0.3)
+        run["test"] = _sliced(run["test"], 0.0, rare, 0.12)
+        for part in run["fusion"].values():
+            if isinstance(part, dict):
+                part["test"] = _sliced(part["test"], 0.0, rare / 2, 0.11)
+        runs.append(run)
+    payload = {"recipe": "r", "protocol": "p", "seeds": [0, 1, 2], "torch": "2.x", "runs": runs}
+    table = render_markdown(payload)
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "cold test NDCG@10 (n=3)" in header and "rare test NDCG@10 (n=44)" in header
+    assert "warm test NDCG@10 (n=896)" in header and "long tail" not in header
+    rows = {line.split(" | ")[0].strip("| *"): line for line in table.splitlines() if line.startswith("| ")}
+    hybrid = rows["hybrid teacher: LLM + CF logit mixture"].split(" | ")
+    assert hybrid[4:7] == ["0.0000 (0.0000–0.0000)", "0.0400 (0.0300–0.0500)", "0.1200 (0.1200–0.1200)"]
+    cf = rows["the teacher's CF part (SASRec, all windows) as evaluated beside it"]
+    assert "| 0.0200 (0.0150–0.0250) |" in cf  # the CF part's rare slice
+    assert all(len(line.split(" | ")) == len(header.split(" | ")) for line in rows.values())
+
+
+def test_legacy_runs_keep_the_long_tail_column_and_dash_the_slices():
+    payload = {"recipe": "r", "protocol": "p", "seeds": [0], "torch": "2.x", "runs": [_run("teacher", 0, 0.12, 0.09, 0.3)]}
+    table = render_markdown(payload)
+    header = next(line for line in table.splitlines() if line.startswith("| model"))
+    assert "long tail (cold+rare, n=47)" in header and "cold test NDCG@10 |" in header
+    hybrid = next(line for line in table.splitlines() if "hybrid teacher" in line).split(" | ")
+    assert hybrid[4:8] == ["-", "-", "-", "0.0120"]
