@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from recdistill.atomic import sha256_file, write_json, write_text
+from recdistill.benchmarks.formatting import median_range
 from recdistill.benchmarks.students import update_readme
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
@@ -289,13 +290,7 @@ def _values(runs: list[dict[str, Any]], *path: str) -> list[float]:
 
 
 def _cell(runs: list[dict[str, Any]], *path: str, digits: int = 4) -> str:
-    values = _values(runs, *path)
-    if not values:
-        return "-"
-    median = statistics.median(values)
-    if len(values) == 1:
-        return f"{median:.{digits}f}"
-    return f"{median:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return median_range(_values(runs, *path), digits)
 
 
 def render_markdown(payload: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from recdistill.atomic import sha256_file, write_json, write_text
+from recdistill.benchmarks.formatting import median_range
 from recdistill.benchmarks.students import update_readme
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
@@ -145,10 +146,7 @@ def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float, outpu
 
 
 def _spread(values: list[float]) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    return f"{med:.4f} ({min(values):.4f}–{max(values):.4f})" if len(values) > 1 else f"{med:.4f}"
+    return median_range(values, 4)
 
 
 SLICES = ("cold", "rare", "warm")

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from recdistill.atomic import sha256_file, write_json, write_text
+from recdistill.benchmarks.formatting import median_range
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
 
@@ -197,12 +197,7 @@ def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float) -> di
 
 
 def _spread(values: list[float], digits: int = 3) -> str:
-    if not values:
-        return "-"
-    med = statistics.median(values)
-    if len(values) == 1:
-        return f"{med:.{digits}f}"
-    return f"{med:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+    return median_range(values, digits)
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
