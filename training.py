@@ -93,6 +93,8 @@ KNOWN_NOISE = (
     r"Could not find a config file in .* will assume that the vocabulary was not modified",  # peft, GGUF base
     r".*does not have many workers.*",  # in-memory batches: workers would only add overhead
     r"The number of training batches .* is smaller than the logging interval.*",
+    # torch's dynamic int8 (compress/quantize.py) builds quantized tensors, deprecated in favour of torchao
+    r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation.*",
     # our evaluation metrics are summed over the processes before they are logged (exact, see student/tasks.py)
     r"It is recommended to use `self.log\('(valid|test)/.*sync_dist=True\)` when logging on epoch level",
 )
