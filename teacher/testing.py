@@ -62,3 +62,35 @@ def planted_split(num_users: int = 60, num_items: int = 30, mean_length: float =
     inter = synthetic_interactions(num_users, num_items, mean_length=mean_length, seed=seed,
                                    pattern_strength=pattern_strength)
     return build_sequential_split(inter)
+
+
+def planted_oracle_cache(split, directory: str | Path, *, num_items: int, seed: int, k: int = 5, every: int = 1,
+                         scores: bool = True) -> Path:
+    """A signal cache (train split) of a teacher that knows the planted successor of every item
+    (the generator's own map, :func:`~recdistill.data.synthetic.planted_successor`) and fills the
+    rest of its top-``k`` with the most frequent followers in the training part. ``every``: keep one
+    training position in ``every``; ``scores``: also store ``topk_scores`` (5 down to 1)."""
+    from recdistill.data import EXAMPLE_STRIDE
+    from recdistill.data.synthetic import planted_successor
+    from recdistill.teacher.cache_writer import write_cache
+
+    index_of = {int(raw): i + 1 for i, raw in enumerate(split.item_ids)}
+    successor = planted_successor(num_items, seed)
+    follow = torch.zeros(split.num_items + 1, split.num_items + 1)
+    for seq in split.sequences:
+        for a, b in zip(seq[:-3], seq[1:-2]):
+            follow[a, b] += 1
+    ids, top = [], []
+    for user, seq in enumerate(split.sequences):
+        for pos in range(1, len(seq) - 2):
+            if (user + pos) % every:
+                continue
+            first = index_of.get(int(successor[int(split.item_ids[seq[pos - 1] - 1])]), 0)
+            rest = [int(i) for i in torch.argsort(-follow[seq[pos - 1]], stable=True) if int(i) not in (0, first)]
+            ids.append(user * EXAMPLE_STRIDE + pos)
+            top.append(([first] if first else []) + rest[: k - (1 if first else 0)])
+    rows = {"example_id": torch.tensor(ids), "topk_items": torch.tensor(top, dtype=torch.int32)}
+    if scores:
+        rows["topk_scores"] = torch.linspace(5, 1, k).repeat(len(ids), 1)
+    return write_cache(directory, {"train": rows}, split=split, teacher={"kind": "oracle"},
+                       item_tables={"item_embeddings": torch.randn(split.num_items + 1, 8)})

@@ -9,12 +9,12 @@ import lightning as L
 import pytest
 import torch
 
-from recdistill.data import EXAMPLE_STRIDE, SequentialDataModule
+from recdistill.data import SequentialDataModule
 from recdistill.distill.module import DistilledSequentialRecommender
 from recdistill.distill.registry import DISTILL_LOSSES, build_loss
 from recdistill.student import build_student
 from recdistill.teacher.cache_format import MissingSignalError
-from recdistill.teacher.testing import planted_split
+from recdistill.teacher.testing import planted_oracle_cache, planted_split
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
@@ -86,34 +86,6 @@ def small():
     return planted_split(num_users=40, num_items=80, mean_length=14, seed=4, pattern_strength=0.5)
 
 
-def _oracle_cache(split, directory, *, num_items, seed, k=5, every=1, scores=True):
-    """A teacher that knows the planted successor of every item; the rest of its list is the most
-    frequent followers in the training part. ``every``: keep one training position in ``every``."""
-    from recdistill.data.synthetic import planted_successor
-    from recdistill.teacher.cache_writer import write_cache
-
-    index_of = {int(raw): i + 1 for i, raw in enumerate(split.item_ids)}
-    successor = planted_successor(num_items, seed)
-    follow = torch.zeros(split.num_items + 1, split.num_items + 1)
-    for seq in split.sequences:
-        for a, b in zip(seq[:-3], seq[1:-2]):
-            follow[a, b] += 1
-    ids, top = [], []
-    for user, seq in enumerate(split.sequences):
-        for pos in range(1, len(seq) - 2):
-            if (user + pos) % every:
-                continue
-            first = index_of.get(int(successor[int(split.item_ids[seq[pos - 1] - 1])]), 0)
-            rest = [int(i) for i in torch.argsort(-follow[seq[pos - 1]], stable=True) if int(i) not in (0, first)]
-            ids.append(user * EXAMPLE_STRIDE + pos)
-            top.append(([first] if first else []) + rest[: k - (1 if first else 0)])
-    rows = {"example_id": torch.tensor(ids), "topk_items": torch.tensor(top, dtype=torch.int32)}
-    if scores:
-        rows["topk_scores"] = torch.linspace(5, 1, k).repeat(len(ids), 1)
-    return write_cache(directory, {"train": rows}, split=split, teacher={"kind": "oracle"},
-                       item_tables={"item_embeddings": torch.randn(split.num_items + 1, 8)})
-
-
 def _sasrec(split, max_len=10):
     torch.manual_seed(0)
     return build_student("sasrec", num_items=split.num_items, hidden_size=16, num_layers=1, num_heads=1,
@@ -122,7 +94,7 @@ def _sasrec(split, max_len=10):
 
 @pytest.mark.parametrize("every", [3, 1])  # partial coverage (rows picked) and full coverage (tensors as they are)
 def test_module_averages_over_covered_positions_with_the_window_as_history(small, tmp_path, every):
-    cache = _oracle_cache(small, tmp_path / "signals", num_items=80, seed=4, every=every)
+    cache = planted_oracle_cache(small, tmp_path / "signals", num_items=80, seed=4, every=every)
     module = DistilledSequentialRecommender(_sasrec(small), signals=str(cache), num_items=small.num_items,
                                             terms=[{"name": "augment", "weight": 0.5, "params": {"m": 2}}])
     dm = SequentialDataModule.from_split(small, max_len=10, batch_size=16)
@@ -152,7 +124,7 @@ def test_module_averages_over_covered_positions_with_the_window_as_history(small
 
 
 def test_missing_scores_fail_at_setup_naming_the_emit_setting(small, tmp_path):
-    cache = _oracle_cache(small, tmp_path / "signals", num_items=80, seed=4, scores=False)
+    cache = planted_oracle_cache(small, tmp_path / "signals", num_items=80, seed=4, scores=False)
     with pytest.raises(MissingSignalError, match="topk_scores.*emit"):
         DistilledSequentialRecommender(_sasrec(small), signals=str(cache), num_items=small.num_items,
                                        terms=[{"name": "augment", "params": {"min_score": 1.0}}])
@@ -161,7 +133,7 @@ def test_missing_scores_fail_at_setup_naming_the_emit_setting(small, tmp_path):
 def test_pseudo_interactions_beat_the_plain_student_when_the_teacher_knows_the_pattern(small, tmp_path):
     from recdistill.student.tasks import SequentialRecommender
 
-    cache = _oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
+    cache = planted_oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
 
     def test_ndcg(augment: bool) -> float:
         L.seed_everything(0)
@@ -185,7 +157,7 @@ def test_pseudo_interactions_beat_the_plain_student_when_the_teacher_knows_the_p
                                                               max_len=11)),
                                           ("gru4rec", dict(hidden_size=16, dropout=0.0))])
 def test_other_students_get_their_window_as_history(small, tmp_path, name, kwargs):
-    cache = _oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
+    cache = planted_oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
     torch.manual_seed(0)
     student = build_student(name, num_items=small.num_items, **kwargs)
     module = DistilledSequentialRecommender(student, signals=str(cache), num_items=small.num_items,

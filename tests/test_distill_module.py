@@ -14,7 +14,7 @@ from recdistill.distill.registry import build_loss
 from recdistill.student import build_student
 from recdistill.teacher.hllm import HLLMTeacher
 from recdistill.teacher.signals import emit_signals
-from recdistill.teacher.testing import make_tiny_llama, planted_split
+from recdistill.teacher.testing import make_tiny_llama, planted_oracle_cache, planted_split
 
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 QUIET = {"enable_progress_bar": False}
@@ -143,38 +143,12 @@ def test_cache_from_another_dataset_is_refused(split, every_third):
         trainer.fit(module, datamodule=dm)
 
 
-def _oracle_cache(split, directory, *, num_items, seed, k=5):
-    """A teacher that knows the planted successor of every item (the generator's own map); the rest of
-    its list is the most frequent followers in the training part."""
-    from recdistill.data import EXAMPLE_STRIDE
-    from recdistill.data.synthetic import planted_successor
-    from recdistill.teacher.cache_writer import write_cache
-
-    index_of = {int(raw): i + 1 for i, raw in enumerate(split.item_ids)}
-    successor = planted_successor(num_items, seed)
-    follow = torch.zeros(split.num_items + 1, split.num_items + 1)
-    for seq in split.sequences:
-        for a, b in zip(seq[:-3], seq[1:-2]):
-            follow[a, b] += 1
-    ids, top = [], []
-    for user, seq in enumerate(split.sequences):
-        for pos in range(1, len(seq) - 2):
-            first = index_of.get(int(successor[int(split.item_ids[seq[pos - 1] - 1])]), 0)
-            rest = [int(i) for i in torch.argsort(-follow[seq[pos - 1]], stable=True) if int(i) not in (0, first)]
-            ids.append(user * EXAMPLE_STRIDE + pos)
-            top.append(([first] if first else []) + rest[: k - (1 if first else 0)])
-    rows = {"train": {"example_id": torch.tensor(ids), "topk_items": torch.tensor(top, dtype=torch.int32),
-                      "topk_scores": torch.linspace(5, 1, k).repeat(len(ids), 1)}}
-    return write_cache(directory, rows, split=split, teacher={"kind": "oracle"},
-                       item_tables={"item_embeddings": torch.randn(split.num_items + 1, 8)})
-
-
 def test_distilled_student_beats_plain_student_when_the_teacher_knows_the_pattern(tmp_path):
     from recdistill.student.tasks import SequentialRecommender
 
     # few users and noisy labels (half follow the planted successor): the student alone sees too little
     small = planted_split(num_users=40, num_items=80, mean_length=14, seed=4, pattern_strength=0.5)
-    cache = _oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
+    cache = planted_oracle_cache(small, tmp_path / "signals", num_items=80, seed=4)
 
     def test_ndcg(distill: bool) -> float:
         L.seed_everything(0)
