@@ -121,7 +121,8 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
 
         run_compress_benchmark(args.output_dir, students=args.students, seed=(args.seeds or [0])[0],
                                teachers=not args.no_teachers, readme=args.update_readme,
-                               parent_max_epochs=args.parent_max_epochs, pq_only=args.pq_only)
+                               parent_max_epochs=args.parent_max_epochs, pq_only=args.pq_only,
+                               pq_seeds=args.seeds if args.pq_only else None)
         return 0
     if args.suite == "distill-sweep":
         from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
@@ -250,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress: cap the training of parents not trained yet (recorded per student)")
     bench.add_argument("--signals", default=None, help="kar: the ml100k_teacher_ctr signal cache folder")
     bench.add_argument("--pq-only", action="store_true",
-                       help="compress: re-run only the PQ stage (post-hoc PQ + RecJPQ joint training) of --students")
+                       help="compress: re-run only the PQ stage (post-hoc PQ + RecJPQ joint training) of --students, "
+                            "on the plain parent of every --seeds (the first seed's row is the table's)")
     bench.add_argument("--kills", type=int, default=10, help="faults: SIGKILLs per command (at least)")
     bench.add_argument("--seed", type=int, default=0, help="faults: seed of the kill times and flipped bytes")
     bench.add_argument("--flips", type=int, default=3, help="faults: byte flips per corrupted file kind")

@@ -26,6 +26,7 @@ written, since its packed weights only reload through pickle).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,7 +35,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from recdistill.atomic import write_json
+from recdistill.atomic import sha256_file, write_json
 from recdistill.compress import gate as G
 from recdistill.compress.int8_onnx import has_item_table, int8_onnx
 from recdistill.compress.onnx_quant import convert_fp16, quantize_dynamic_onnx, quantize_static_onnx
@@ -86,6 +87,7 @@ class _Run:
         first = self.eval_batches[0]
         self.lat_batch_dict = {k: v[: self.lat_batch] for k, v in first.items()}
         self.records: list[dict[str, Any]] = []
+        self.parent_sha256 = ""  # set by run_compress (what a reused RecJPQ training must match)
         with _threads(self.threads):
             self.parent_eval = G.evaluate(G.torch_scorer(parent), self.eval_batches)
             self.parent_latency = self.torch_latency(parent)
@@ -161,9 +163,17 @@ def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     candidates = []
     for m, k in settings:
         name = f"pq_joint_m{m}_k{k}"
-        model, info = train_joint_pq(run.dm, run.parent.registry_name, init_args, num_subspaces=m,
-                                     num_centroids=k, **cfg)
-        save_pq_student(model, out / "pq_joint" / f"m{m}_k{k}", info)
+        folder = out / "pq_joint" / f"m{m}_k{k}"
+        key = joint_setting_key(run.parent_sha256, m, k, cfg)
+        reused = _reuse_joint_setting(folder, key)
+        if reused is not None:
+            model, info = reused
+            print(f"[pq_joint] {name}: reusing the student trained with the same parent and settings ({folder})")
+        else:
+            model, info = train_joint_pq(run.dm, run.parent.registry_name, init_args, num_subspaces=m,
+                                         num_centroids=k, **cfg)
+            info["setting_key"] = key
+            save_pq_student(model, folder, info)
         record = run.gate_torch(name, model, (out / "pq_joint" / f"m{m}_k{k}" / "model.safetensors").stat().st_size,
                                 {"dir": f"pq_joint/m{m}_k{k}", "pq": info, "valid_ndcg10": info["valid_ndcg@10"]})
         candidates.append((record, model))
@@ -179,6 +189,32 @@ def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "valid_ndcg10": {r["name"]: r["valid_ndcg10"] for r, _ in candidates}}
 
 
+def joint_setting_key(parent_sha256: str, num_subspaces: int, num_centroids: int, cfg: Mapping[str, Any]) -> str:
+    """What one RecJPQ training depends on (parent weights, ``[M, K]``, the training settings):
+    a folder trained under the same key is reused, so adding a setting or resuming a killed run
+    trains only what is missing."""
+    from recdistill.pipeline import inputs_hash
+
+    return inputs_hash({"parent_sha256": parent_sha256, "num_subspaces": num_subspaces,
+                        "num_centroids": num_centroids, "train": dict(cfg)})
+
+
+def _reuse_joint_setting(folder: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
+    """The PQ student saved in ``folder`` under ``key`` (weights checked), or None."""
+    from recdistill.compress.pq import PQ_SPEC, load_pq_student
+
+    spec = folder / PQ_SPEC
+    if not spec.is_file():
+        return None
+    try:
+        info = json.loads(spec.read_text()).get("compression") or {}
+    except (OSError, ValueError):
+        return None
+    if info.get("setting_key") != key:
+        return None
+    return load_pq_student(folder), info
+
+
 def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir: str | Path) -> dict[str, Any]:
     """Run the configured steps on the student in ``student_dir``; writes and returns ``compress.json``."""
     from recdistill.student.io import load_student, save_student
@@ -192,6 +228,7 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
     parent = load_student(student_dir)
     ctr = getattr(parent, "objective", None) == "ctr"
     run = _Run(parent, _datamodule(parent, config.get("data", {})), config, out)
+    run.parent_sha256 = sha256_file(Path(student_dir) / "model.safetensors")
     notes: dict[str, str] = {}
     summary: dict[str, Any] = {"student": parent.registry_name, "source": str(student_dir), "config": dict(config),
                                "parent": {"params": run.parent_params, "state_bytes": run.parent_bytes,

@@ -44,3 +44,41 @@ def test_pq_joint_step_gates_every_setting_and_exports_the_best(tmp_path):
         assert model.item_embedding.num_subspaces == info["num_subspaces"]
     saved = json.loads((tmp_path / "out" / "compress.json").read_text())
     assert saved["pq_joint_choice"]["chosen"] == best
+
+
+def test_pq_joint_reuses_a_setting_trained_with_the_same_parent_and_settings(tmp_path, monkeypatch):
+    """Adding a setting (or resuming) trains only what is missing; other training settings retrain."""
+    import recdistill.compress.pq_train as pq_train
+
+    torch.set_num_threads(1)
+    data = synthetic_interactions(num_users=60, num_items=30, mean_length=8, seed=3, pattern_strength=0.9)
+    csv = tmp_path / "planted.csv"
+    data.interactions.to_csv(csv, index=False)
+    torch.manual_seed(0)
+    num_items = int(data.interactions["item_id"].nunique())
+    save_student(build_student("sasrec", num_items=num_items, hidden_size=8, num_layers=1, num_heads=2, max_len=8),
+                 tmp_path / "student")
+    trained = []
+    real = pq_train.train_joint_pq
+    monkeypatch.setattr(pq_train, "train_joint_pq",
+                        lambda *a, **kw: trained.append((kw["num_subspaces"], kw["num_centroids"])) or real(*a, **kw))
+
+    def config(settings, lr=0.003):
+        return {"data": {"dataset": str(csv), "max_len": 8, "batch_size": 32, "max_eval_batches": 1,
+                         "calibration_batches": 1},
+                "gate": {"min_top10_overlap": 0.0, "max_ndcg_drop": 1.0, "max_latency_ratio": None},
+                "latency": {"runs": 2},
+                "steps": {"pq_joint": {"settings": settings, "min_item_table_ratio": 1.0, "max_epochs": 1,
+                                       "patience": 1, "lr": lr, "seed": 0}}}
+
+    out = tmp_path / "out"
+    first = run_compress(tmp_path / "student", config([[4, 8]]), out)
+    weights = (out / "pq_joint" / "m4_k8" / "model.safetensors").read_bytes()
+    assert trained == [(4, 8)]
+    second = run_compress(tmp_path / "student", config([[4, 8], [2, 8]]), out)
+    assert trained == [(4, 8), (2, 8)]  # the first setting was reused, not retrained
+    assert (out / "pq_joint" / "m4_k8" / "model.safetensors").read_bytes() == weights
+    by_name = {r["name"]: r for r in second["variants"]}
+    assert by_name["pq_joint_m4_k8"]["ndcg10"] == first["variants"][0]["ndcg10"]
+    run_compress(tmp_path / "student", config([[4, 8]], lr=0.01), out)
+    assert trained[-1] == (4, 8) and len(trained) == 3  # another learning rate: trained again

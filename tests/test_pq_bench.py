@@ -29,3 +29,30 @@ def test_pq_config_keeps_only_the_pq_steps() -> None:
     config = pq_config("sasrec")
     assert set(config["steps"]) == {"pq", "pq_joint"}
     assert config["steps"]["pq_joint"]["codes"] == "svd" and config["data"]["dataset"] == "movielens-100k"
+
+
+def _seed(chosen: str, parent: float, *rows: tuple[str, float, float, float]) -> dict:
+    return {"run_dir": "r", "parent_ndcg10": parent, "chosen": chosen,
+            "variants": [{"name": n, "item_table_ratio": t, "valid_ndcg10": v, "ndcg10": r * parent,
+                          "ndcg10_ratio": r} for n, t, v, r in rows]}
+
+
+def test_pq_target_over_seeds_is_the_median_of_each_seeds_validation_choice() -> None:
+    from recdistill.benchmarks.compress_pq import pq_seeds_target, render_pq_seeds, seed_summary
+
+    stage = {"run_dir": "runs/pq-sasrec-seed1", "parent": {"ndcg@10": 0.12},
+             "variants": [{"name": "onnx_fp32"}, _v("pq_item_table", 0.10, 14.4), _v("pq_joint_m8_k64", 0.13, 14.4),
+                          _v("pq_joint_m8_k256", 0.20, 5.4)]}
+    summary = seed_summary(stage)
+    assert summary["chosen"] == "pq_joint_m8_k64" and summary["parent_ndcg10"] == 0.12
+    assert [v["name"] for v in summary["variants"]] == ["pq_item_table", "pq_joint_m8_k64", "pq_joint_m8_k256"]
+    seeds = {"0": _seed("a", 0.1, ("a", 9.9, 0.13, 0.99), ("b", 14.4, 0.12, 0.90)),
+             "1": _seed("b", 0.1, ("a", 9.9, 0.11, 0.95), ("b", 14.4, 0.12, 0.97)),
+             "2": _seed("a", 0.1, ("a", 9.9, 0.14, 0.60), ("b", 14.4, 0.10, 1.10))}
+    target = pq_seeds_target(seeds)
+    assert target["median_ndcg10_ratio"] == 0.97  # of 0.99, 0.97, 0.60: the chosen ones, not the best (1.10)
+    assert target["min_item_table_ratio"] == 9.9
+    assert target["per_seed"]["1"] == ("b", 0.97, 14.4)
+    table = "\n".join(render_pq_seeds(seeds))
+    assert "**0.1300 / 0.0990 / 0.990**" in table and "| b | 14.4 |" in table
+    assert "0.970 (0.900–1.100)" in table  # b's median over seeds, chosen or not
