@@ -47,7 +47,7 @@ FAR_MARGIN = 0.05  # "far above": >= 0.05 NDCG@10 more (about 3 standard errors 
 README_MARKERS = ("<!-- bench:teacher-planted:start -->", "<!-- bench:teacher-planted:end -->")
 README_ANCHOR = "<!-- bench:teacher:end -->"
 MODELS: tuple[tuple[str, str], ...] = (
-    ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gate + logQ)"),
+    ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gates + logQ)"),
     ("llm_part", "its LLM part alone"),
     ("sasrec", "SASRec, plain (`planted_text_sasrec`)"),
     ("text_tfidf", "TF-IDF title cosine (training-free)"),
@@ -101,7 +101,8 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
     models = {**teacher["models"], "sasrec": sasrec["sasrec"]}
     return {"seed": seed, "data": {"path": str(data_path), "sha256": data_sha, "users": NUM_USERS,
                                    "items": NUM_ITEMS},
-            "models": models, "alpha": teacher.get("alpha"), "best_epoch": teacher.get("best_epoch"),
+            "models": models, "alpha": teacher.get("alpha"), "cf_gate_count": teacher.get("cf_gate_count"),
+            "best_epoch": teacher.get("best_epoch"),
             "fit_seconds": teacher.get("fit_seconds"), "eval_seconds": teacher.get("eval_seconds"),
             "sasrec_seconds": sasrec.get("seconds"), "sasrec_best_epoch": sasrec.get("best_epoch"),
             "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from")}
@@ -137,7 +138,8 @@ def _fit_and_evaluate_teacher(directory: Path, args: list[str]) -> dict[str, Any
     sources = {"teacher": metrics, "llm_part": fusion.get("llm_only"), **(metrics.get("baselines") or {})}
     models = {name: {"valid": slice_summary(m["valid"]), "test": slice_summary(m["test"])}
               for name, m in sources.items() if m and "test" in m and "valid" in m}
-    return {"models": models, "alpha": fusion.get("alpha"), "best_epoch": fit.get("best_epoch"),
+    return {"models": models, "alpha": fusion.get("alpha"), "cf_gate_count": fusion.get("collaborative_gate_count"),
+            "best_epoch": fit.get("best_epoch"),
             "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(eval_seconds, 1),
             "threads": torch.get_num_threads()}
 
@@ -207,13 +209,15 @@ def render_markdown(payload: dict[str, Any]) -> str:
     counts = {name: [r["models"]["teacher"]["test"]["counts"].get(name) for r in runs if "teacher" in r["models"]]
               for name in SLICES}
     alphas = ", ".join("-" if r.get("alpha") is None else f"{r['alpha']:.1f}" for r in runs)
+    gates = ", ".join("-" if r.get("cf_gate_count") is None else f"{r['cf_gate_count']:g}" for r in runs)
     fit_min = [r["fit_seconds"] / 60 for r in runs if r.get("fit_seconds")]
     eval_min = [r["eval_seconds"] / 60 for r in runs if r.get("eval_seconds")]
     lines = [
         f"Teacher `{payload['recipes']['teacher']}` on {payload['dataset']}; {payload['protocol']}; median (min–max) over seeds {seeds}, torch {payload['torch']}, CPU. "
         f"Slices by the test target's training interactions: cold 0, rare 1–10, warm > 10; n = test targets "
         f"per seed. alpha (LLM weight of the logit mixture, chosen on "
-        f"validation) per seed: {alphas}. Teacher fit {_spread(fit_min, 1)} min, eval {_spread(eval_min, 1)} min "
+        f"validation) per seed: {alphas}; c_cf (the SASRec logit of an item seen n times weighs min(1, n / c_cf), "
+        f"chosen with alpha) per seed: {gates}. Teacher fit {_spread(fit_min, 1)} min, eval {_spread(eval_min, 1)} min "
         f"per seed (wall time on a shared machine).{_adopted_note(runs)} Reproduce: `recdistill bench teacher --dataset planted --seeds "
         f"{' '.join(map(str, seeds))}`.",
         "",

@@ -193,6 +193,8 @@ def evaluate_teacher(
         chosen = float(alpha)
         fusion.update({"alpha": chosen,
                        "definition": "alpha * LLM teacher logits + (1 - alpha) * collaborative logits"})
+        if hasattr(module, "collab_gate_count"):  # chosen on validation with alpha
+            fusion["collaborative_gate_count"] = float(module.collab_gate_count)
         try:
             for name, value in (("llm_only", 1.0), ("collaborative_only", 0.0)):
                 alpha.fill_(value)

@@ -136,6 +136,10 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
             token; hidden-state indices averaged, 0 = token embeddings, default last layer; leave
             the template's prefix out of the mean).
         cold_gate_count: ``c`` of the cold-item gate ``min(1, count / c)`` (None: no gate).
+        collaborative_gate_counts: a grid of ``c_cf`` for the gate of the collaborative logits alone,
+            ``min(1, count / c_cf)`` (from how many training interactions the CF model is trusted
+            fully: its logits for rarely seen items are barely trained), chosen on validation
+            together with ``alpha`` (ensemble fusion; default: ``cold_gate_count`` only).
         item_train_counts: training interactions per item index ``[N + 1]`` (gate and ``logq``);
             default: read from the trainer's data module at ``fit``; saved with the head.
         logq: weight of the popularity correction: training logits ``+ logq * log q_i``, ``q_i`` the
@@ -190,6 +194,7 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
         text_layers: list[int] | None = None,
         text_only_pooling: bool = False,
         cold_gate_count: float | None = None,
+        collaborative_gate_counts: list[float] | None = None,
         item_train_counts: Any = None,
         logq: float = 0.0,
         content_dropout: float = 0.0,
@@ -198,6 +203,13 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
         super().__init__()
         if cold_gate_count is not None and not cold_gate_count > 0:
             raise ValueError(f"cold_gate_count must be > 0 or None, got {cold_gate_count}")
+        if collaborative_gate_counts is not None:
+            if cold_gate_count is None or collaborative_model is None or collaborative_fusion != "ensemble":
+                raise ValueError("collaborative_gate_counts needs cold_gate_count, a collaborative_model and "
+                                 "collaborative_fusion: ensemble")
+            if not collaborative_gate_counts or any(not float(c) > 0 for c in collaborative_gate_counts):
+                raise ValueError(f"collaborative_gate_counts must be a non-empty list of counts > 0, "
+                                 f"got {collaborative_gate_counts}")
         if not 0.0 <= content_dropout <= 1.0:
             raise ValueError(f"content_dropout must be in [0, 1], got {content_dropout}")
         if item_table not in ITEM_TABLE_MODES:
@@ -294,6 +306,8 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
                 self.collab_weight = nn.Parameter(torch.tensor(1.0))
             else:  # LLM weight of the logit mixture, chosen on validation after every epoch
                 self.register_buffer("fusion_alpha", torch.tensor(1.0), persistent=True)
+                if collaborative_gate_counts is not None:  # c_cf, chosen with alpha
+                    self.register_buffer("collab_gate_count", torch.tensor(float(cold_gate_count)), persistent=True)
         if self._uses_item_inputs:
             self.in_proj = nn.Linear(d_item, hidden)
         self.out_proj = nn.Linear(hidden, d_item)

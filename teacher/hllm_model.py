@@ -29,6 +29,13 @@ class HLLMModelMixin:
             return None
         return (self.item_train_count / float(c)).clamp(max=1.0)
 
+    def collaborative_gate(self) -> Tensor | None:
+        """The gate of the collaborative logits: ``min(1, count / c_cf)`` with the chosen
+        ``collab_gate_count`` when the teacher searches it, else :meth:`cold_gate`."""
+        if not hasattr(self, "collab_gate_count"):
+            return self.cold_gate()
+        return (self.item_train_count / self.collab_gate_count).clamp(max=1.0)
+
     def has_content_part(self) -> bool:
         return hasattr(self, "item_text_emb")
 
@@ -129,10 +136,11 @@ class HLLMModelMixin:
         return logits
 
     def _gate_collaborative(self, teacher: Tensor, cf_logits: Tensor, start: int = 0,
-                            stop: int | None = None) -> Tensor:
+                            stop: int | None = None, gate: Tensor | None = None) -> Tensor:
         """With the cold gate: ``g * cf + (1 - g) * teacher`` (ensemble; a cold item's CF logit is
-        replaced by the LLM's) or ``g * cf`` (joint); unchanged without a gate."""
-        g = self.cold_gate()
+        replaced by the LLM's) or ``g * cf`` (joint); unchanged without a gate. ``g`` =
+        :meth:`collaborative_gate` unless ``gate`` (``[N + 1]``, the validation search) is given."""
+        g = self.collaborative_gate() if gate is None else gate
         if g is None:
             return cf_logits
         g = g[start:stop].to(cf_logits)
@@ -163,7 +171,7 @@ class HLLMModelMixin:
             return torch.cat([llm, bias.unsqueeze(-1)], -1)
         cf_w, cf_b = collaborative_score_table(self.collab_model)
         cf_w, cf_b = cf_w[start:stop].to(items), cf_b[start:stop].to(items)
-        g = self.cold_gate()
+        g = self.collaborative_gate()
         g = items.new_ones(items.shape[0]) if g is None else g[start:stop].to(items)
         if hasattr(self, "collab_weight"):  # joint: teacher + w * g * cf
             a, c = torch.ones_like(g), self.collab_weight * g
@@ -183,6 +191,9 @@ class HLLMModelMixin:
             blocks[0]["cold_gate"] = (f"g_i = min(1, train_count_i / {self.hparams.cold_gate_count}) scales every "
                                       f"per-item part; ensemble per item: w_llm_i = alpha + (1 - alpha) * (1 - g_i), "
                                       f"w_cf_i = (1 - alpha) * g_i; joint: w_cf_i = w * g_i")
+            if hasattr(self, "collab_gate_count"):
+                blocks[0]["cold_gate"] += (f"; in w_llm_i / w_cf_i, g_i = min(1, train_count_i / "
+                                           f"{float(self.collab_gate_count):g}) (chosen on validation)")
         if hasattr(self, "collab_model"):
             d_cf = int(self.collab_model.hidden_size)
             fusion = "joint" if hasattr(self, "collab_weight") else "ensemble"

@@ -125,7 +125,13 @@ class TeacherLightningModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_acc = self._accumulator()
         mixing = hasattr(self.teacher, "fusion_alpha")
-        self._val_mix = {a: self._accumulator() for a in FUSION_GRID} if mixing else None
+        self._val_mix = {key: self._accumulator() for key in self._fusion_grid()} if mixing else None
+
+    def _fusion_grid(self) -> list[tuple[float, float | None]]:
+        """``(alpha, c_cf)`` pairs searched on validation (``c_cf`` None: the teacher's own gate)."""
+        counts = self.teacher.hparams.get("collaborative_gate_counts") if hasattr(self.teacher, "collab_gate_count") \
+            else None
+        return [(a, None if counts is None else float(c)) for c in (counts or [None]) for a in FUSION_GRID]
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         t = self.teacher
@@ -135,9 +141,13 @@ class TeacherLightningModule(L.LightningModule):
             return
         user = t.encode(batch["input_ids"])["user"][:, -1]
         teacher = t.score_items(user, fuse=False)
-        cf = t._gate_collaborative(teacher, t.collab_model.score(user[..., t.item_dim:]))
-        for alpha, acc in self._val_mix.items():
-            acc.update(mix_logits(teacher, cf, alpha), batch["target"], batch.get("history"),
+        raw_cf = t.collab_model.score(user[..., t.item_dim:])
+        gated: dict[float | None, Tensor] = {}
+        for (alpha, count), acc in self._val_mix.items():
+            if count not in gated:
+                gate = None if count is None else (t.item_train_count / count).clamp(max=1.0)
+                gated[count] = t._gate_collaborative(teacher, raw_cf, gate=gate)
+            acc.update(mix_logits(teacher, gated[count], alpha), batch["target"], batch.get("history"),
                        mask_seen=self.hp.mask_seen)
 
     def on_validation_epoch_end(self) -> None:
@@ -145,11 +155,16 @@ class TeacherLightningModule(L.LightningModule):
             results = self._gathered_mix_metrics()
             if not results:
                 return
-            best = max(results, key=lambda a: (results[a]["ndcg@10"], a))  # ties: more LLM weight
-            self.teacher.fusion_alpha.fill_(best)
-            self.log("valid/fusion_alpha", float(best))
-            self.log("valid/llm_ndcg@10", results[1.0]["ndcg@10"])
-            self.log("valid/collaborative_ndcg@10", results[0.0]["ndcg@10"])
+            # ties: more LLM weight, then the smaller c_cf (trust the CF model sooner)
+            best = max(results, key=lambda k: (results[k]["ndcg@10"], k[0], -(k[1] or 0.0)))
+            alpha, count = best
+            self.teacher.fusion_alpha.fill_(alpha)
+            self.log("valid/fusion_alpha", float(alpha))
+            if count is not None:
+                self.teacher.collab_gate_count.fill_(count)
+                self.log("valid/collab_gate_count", float(count))
+            self.log("valid/llm_ndcg@10", results[(1.0, count)]["ndcg@10"])
+            self.log("valid/collaborative_ndcg@10", results[(0.0, count)]["ndcg@10"])
             metrics = results[best]
         else:
             metrics = self._gathered_metrics([self._val_acc])[0]
@@ -172,12 +187,12 @@ class TeacherLightningModule(L.LightningModule):
             sums = trainer.strategy.reduce(sums.to(self.device, dtype), reduce_op="sum").double().cpu()
         return [metrics_from_sums(row, ks) for row in sums]
 
-    def _gathered_mix_metrics(self) -> dict[float, dict[str, float]]:
-        """Validation metrics of every fusion weight over all processes' examples, so that every
-        rank chooses the same alpha on the whole set."""
-        alphas = list(self._val_mix)
-        rows = self._gathered_metrics([self._val_mix[a] for a in alphas])
-        return {a: row for a, row in zip(alphas, rows) if row}
+    def _gathered_mix_metrics(self) -> dict[tuple[float, float | None], dict[str, float]]:
+        """Validation metrics of every ``(alpha, c_cf)`` over all processes' examples, so that every
+        rank chooses the same fusion on the whole set."""
+        keys = list(self._val_mix)
+        rows = self._gathered_metrics([self._val_mix[k] for k in keys])
+        return {k: row for k, row in zip(keys, rows) if row}
 
     def on_test_epoch_start(self) -> None:
         self._test_acc = self._accumulator()

@@ -132,7 +132,7 @@ def test_cold_score_ignores_untrained_item_parameters(data, tiny, cache_dir):
         assert not torch.allclose(a[:, cold], plain(x)[:, cold])
 
 
-@pytest.mark.parametrize("fusion", ["ensemble", "joint"])
+@pytest.mark.parametrize("fusion", ["ensemble", "joint", "ensemble-cf-gate"])
 def test_gated_hybrid_scores_are_one_dot_product(data, tiny, cache_dir, fusion):
     """The signal cache rebuilds the teacher's scores from score_factors . score_item_factors: the gate
     (per-item LLM/CF weights) must keep that exact, also in chunks."""
@@ -142,12 +142,15 @@ def test_gated_hybrid_scores_are_one_dot_product(data, tiny, cache_dir, fusion):
     torch.manual_seed(1)
     cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=20).eval()
     counts = torch.as_tensor(split.item_train_counts())
+    cf_gate = dict(collaborative_gate_counts=[5, 40]) if fusion == "ensemble-cf-gate" else {}
     teacher = _teacher(split, tiny, cache_dir, **COLD, item_train_counts=counts, collaborative_model=cf,
-                       collaborative_fusion=fusion).eval()
+                       collaborative_fusion=fusion.split("-")[0], **cf_gate).eval()
     with torch.no_grad():
         teacher.item_bias.normal_()
         teacher.item_residual.weight.normal_(0, 0.3)
-        if fusion == "ensemble":
+        if cf_gate:
+            teacher.collab_gate_count.fill_(40.0)
+        if fusion.startswith("ensemble"):
             teacher.fusion_alpha.fill_(0.4)
         else:
             teacher.collab_weight.fill_(0.6)
@@ -163,6 +166,14 @@ def test_gated_hybrid_scores_are_one_dot_product(data, tiny, cache_dir, fusion):
         llm = teacher.score_items(user, fuse=False)[:, cold]
         assert torch.allclose(full[:, cold], llm, atol=1e-4)
         assert teacher.score_blocks()[0]["cold_gate"]
+        if cf_gate:  # an item seen 5-39 times: its CF logit only partly trusted, by count / 40
+            i = int(torch.nonzero((counts[1:] >= 5) & (counts[1:] < 40)).flatten()[0]) + 1
+            g = float(counts[i]) / 40
+            cf_logit = cf.score(teacher.encode(x)["user"][:, -1, teacher.item_dim:])[:, i]
+            llm_i = teacher.score_items(user, fuse=False)[:, i]
+            want = 0.4 * llm_i + 0.6 * (g * cf_logit + (1 - g) * llm_i)
+            assert torch.allclose(full[:, i], want, atol=1e-4)
+            assert "chosen on validation" in teacher.score_blocks()[0]["cold_gate"]
 
 
 def test_text_teacher_ranks_cold_items_sasrec_cannot(data, dm, tiny, cache_dir, tmp_path):
@@ -202,3 +213,34 @@ def test_text_teacher_ranks_cold_items_sasrec_cannot(data, dm, tiny, cache_dir, 
     result = trainer.test(task, datamodule=dm, verbose=False)[0]
     assert result["test/cold/ndcg@10"] < 0.25 * random_cold, (result["test/cold/ndcg@10"], random_cold)
     assert result["test/warm/ndcg@10"] > 2 * result["test/cold/ndcg@10"]
+
+
+def test_collaborative_gate_is_chosen_on_validation_with_alpha(data, dm, tiny, cache_dir, tmp_path):
+    """``collaborative_gate_counts``: every (alpha, c_cf) pair is scored on validation after each epoch;
+    the chosen pair is the brute-force best, kept in the checkpoint, and what eval reports."""
+    from recdistill.student import SASRec
+    from recdistill.teacher.hllm import FUSION_GRID, load_teacher
+
+    _, split = data
+    torch.manual_seed(0)
+    cf = SASRec(num_items=split.num_items, hidden_size=8, num_layers=1, max_len=20).eval()
+    grid = [2.0, 30.0]
+    teacher = _teacher(split, tiny, cache_dir, **COLD, collaborative_model=cf, collaborative_gate_counts=grid)
+    with pytest.raises(ValueError, match="collaborative_gate_counts needs cold_gate_count"):
+        _teacher(split, tiny, cache_dir, collaborative_model=cf, collaborative_gate_counts=grid)
+    fit_teacher(teacher, dm, _trainer(1), tmp_path / "fit")
+    chosen = (float(teacher.fusion_alpha), float(teacher.collab_gate_count))
+    assert chosen[1] in grid
+    teacher.eval()
+    brute = {}
+    for count in grid:
+        for alpha in FUSION_GRID:
+            teacher.fusion_alpha.fill_(alpha)
+            teacher.collab_gate_count.fill_(count)
+            brute[(alpha, count)] = evaluate_teacher(teacher, dm, splits=("valid",), latency=False)["valid"]["ndcg@10"]
+    teacher.fusion_alpha.fill_(chosen[0])
+    teacher.collab_gate_count.fill_(chosen[1])
+    assert brute[chosen] == pytest.approx(max(brute.values()), abs=1e-6)
+    assert len({round(v, 6) for v in brute.values()}) > 1  # the grid matters on this data
+    reloaded = load_teacher(teacher.save_pretrained(tmp_path / "ckpt"))
+    assert float(reloaded.collab_gate_count) == chosen[1] and float(reloaded.fusion_alpha) == pytest.approx(chosen[0])
