@@ -31,36 +31,36 @@ def _kl_rows(teacher_scores: Tensor, student_scores: Tensor, valid: Tensor, tau:
 
 
 class _FullCatalogueKL(torch.autograd.Function):
-    """Per-row KL(p ‖ softmax(s)) for teacher log-probs ``log_p`` (detached) and student scores ``s``:
+    """Per-row KL(softmax(t/τ) ‖ softmax(s/τ)) straight from teacher logits ``t`` (detached) and student
+    logits ``s``: with ``p = softmax(t/τ)``, ``q = softmax(s/τ)``,
 
-        KL = Σ p·log p − Σ p·s + logsumexp(s)·Σ p,      ∂KL/∂s = softmax(s)·Σ p − p
+        KL = Σ p·(log p − log q),      ∂KL/∂s = (q − p) / τ      (Σ p = 1)
 
-    the same value as Σ p·(log p − log softmax(s)) (terms with p = 0 are 0), in one pass forward
-    and one backward, without the autograd graph of two masked log-softmaxes."""
-
-    @staticmethod
-    def forward(ctx: Any, s: Tensor, log_p: Tensor) -> Tensor:
-        p = log_p.exp()
-        live = p > 0
-        lse = torch.logsumexp(s, dim=1, keepdim=True)
-        mass = p.sum(dim=1, keepdim=True)
-        zero = torch.zeros((), dtype=s.dtype, device=s.device)
-        cross = torch.where(live, p * s, zero).sum(dim=1)
-        entropy = torch.where(live, p * log_p, zero).sum(dim=1)
-        ctx.save_for_backward(s, lse, p, mass)
-        return entropy - cross + lse.squeeze(1) * mass.squeeze(1)
+    on the fused (log-)softmax kernels, without ``logsumexp`` or masks (log p is clamped at -1e4,
+    so a teacher entry of -inf, probability 0, contributes 0·finite = 0)."""
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        s, lse, p, mass = ctx.saved_tensors
-        return grad.unsqueeze(1) * ((s - lse).exp() * mass - p), None
+    def forward(ctx: Any, s: Tensor, t: Tensor, tau: float) -> Tensor:
+        inv = 1.0 / tau
+        u = t * inv
+        p = torch.softmax(u, dim=1)
+        log_p = torch.log_softmax(u, dim=1).clamp_min_(-1e4)
+        log_q = torch.log_softmax(s * inv, dim=1)
+        kl = (p * log_p.sub_(log_q)).sum(dim=1)
+        ctx.save_for_backward(log_q, p)
+        ctx.inv = inv
+        return kl
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        log_q, p = ctx.saved_tensors
+        return log_q.exp().sub_(p).mul_((grad * ctx.inv).unsqueeze(1)), None, None
 
 
 def full_catalogue_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float) -> Tensor:
     """``[B]`` KL(softmax(t/τ) ‖ softmax(s/τ)) over columns 1..N (column 0 = padding left out); equal
     to :func:`_kl_rows` with every column but 0 valid (teacher -inf entries get probability 0)."""
-    log_p = torch.log_softmax(teacher_logits[:, 1:].detach() / tau, dim=1)
-    return _FullCatalogueKL.apply(student_logits[:, 1:] / tau, log_p)
+    return _FullCatalogueKL.apply(student_logits[:, 1:], teacher_logits[:, 1:].detach(), tau)
 
 
 @register_loss("soft_kl")
