@@ -14,15 +14,22 @@ from recdistill.student import build_student
 from recdistill.student.io import save_student
 
 
-def test_pq_joint_step_gates_every_setting_and_exports_the_best(tmp_path):
+def _planted_parent(tmp_path, num_users: int, num_items: int, length: int, seed: int, hidden: int):
+    """A planted CSV and an untrained SASRec parent saved in ``tmp_path/student``; returns the CSV."""
     torch.set_num_threads(1)
-    data = synthetic_interactions(num_users=120, num_items=60, mean_length=10, seed=2, pattern_strength=0.9)
+    data = synthetic_interactions(num_users=num_users, num_items=num_items, mean_length=length, seed=seed,
+                                  pattern_strength=0.9)
     csv = tmp_path / "planted.csv"
     data.interactions.to_csv(csv, index=False)
     torch.manual_seed(0)
-    num_items = int(data.interactions["item_id"].nunique())
-    parent = build_student("sasrec", num_items=num_items, hidden_size=16, num_layers=1, num_heads=2, max_len=10)
-    save_student(parent, tmp_path / "student")
+    n = int(data.interactions["item_id"].nunique())
+    save_student(build_student("sasrec", num_items=n, hidden_size=hidden, num_layers=1, num_heads=2, max_len=length),
+                 tmp_path / "student")
+    return csv
+
+
+def test_pq_joint_step_gates_every_setting_and_exports_the_best(tmp_path):
+    csv = _planted_parent(tmp_path, 120, 60, 10, seed=2, hidden=16)
     config = {"data": {"dataset": str(csv), "max_len": 10, "batch_size": 32, "train_windows": "all",
                        "max_eval_batches": 1, "calibration_batches": 1},
               "gate": {"min_top10_overlap": 0.0, "max_ndcg_drop": 1.0, "max_latency_ratio": None},
@@ -50,14 +57,7 @@ def test_pq_joint_reuses_a_setting_trained_with_the_same_parent_and_settings(tmp
     """Adding a setting (or resuming) trains only what is missing; other training settings retrain."""
     import recdistill.compress.pq_train as pq_train
 
-    torch.set_num_threads(1)
-    data = synthetic_interactions(num_users=60, num_items=30, mean_length=8, seed=3, pattern_strength=0.9)
-    csv = tmp_path / "planted.csv"
-    data.interactions.to_csv(csv, index=False)
-    torch.manual_seed(0)
-    num_items = int(data.interactions["item_id"].nunique())
-    save_student(build_student("sasrec", num_items=num_items, hidden_size=8, num_layers=1, num_heads=2, max_len=8),
-                 tmp_path / "student")
+    csv = _planted_parent(tmp_path, 60, 30, 8, seed=3, hidden=8)
     trained = []
     real = pq_train.train_joint_pq
     monkeypatch.setattr(pq_train, "train_joint_pq",
