@@ -11,7 +11,8 @@ slices of the targets by their training count, with the students' keys
 interactions), ``rare/...`` (1-10), ``warm/...`` (> 10). ``fusion`` holds each part of the
 teacher alone, in the same keys: ``content_only`` (text vectors alone: no residual, no
 collaborative part, no bias) and, for a hybrid teacher, ``llm_only`` / ``collaborative_only``
-(``alpha`` = 1 / 0) with the chosen ``alpha``; with the cold gate, ``collaborative_only`` still
+(``alpha`` = 1 / 0) with the chosen ``alpha``, and ``grid``: every ``(alpha, c_cf)`` of the
+validation search on every split and slice (:func:`evaluate_fusion_grid`); with the cold gate, ``collaborative_only`` still
 scores an item without training interactions by the LLM (the gate replaces its CF logit). ``baselines`` holds the training-free rankers in the same keys, so a
 table can put them beside the teacher: ``most_popular``, ``text_tfidf`` (TF-IDF cosine over the
 item texts, :mod:`recdistill.baselines`) and ``untuned_llm`` (cosine of the untuned LLM's
@@ -154,6 +155,30 @@ def evaluate_baselines(datamodule: Any, *, splits: Sequence[str] = ("valid", "te
     return out
 
 
+@torch.no_grad()
+def evaluate_fusion_grid(module: Any, datamodule: Any, *, splits: Sequence[str] = ("valid", "test"),
+                         ks: Sequence[int] = (10,), mask_seen: bool = True) -> list[dict[str, Any]]:
+    """An ensemble teacher at every ``(alpha, c_cf)`` of its validation search (``fusion_grid``), on
+    every split and slice: what each fusion trades between cold, rare and warm targets. One
+    sequence pass per split; the fusions are rescored from the two parts' logits."""
+    grid = module.fusion_grid()
+    counts = torch.from_numpy(datamodule.split.item_train_counts())
+    device = next(module.parameters()).device
+    rows: list[dict[str, Any]] = [{"alpha": a, "collaborative_gate_count": c} for a, c in grid]
+    for which in splits:
+        accs = [RankingAccumulator(ks=ks) for _ in grid]
+        for batch in datamodule.dataloader(which):
+            user = module.encode(batch["input_ids"].to(device))["user"][:, -1]
+            teacher = module.score_items(user, fuse=False)
+            raw_cf = module.collab_model.score(user[..., module.item_dim:])
+            target, history = batch["target"].to(device), batch["history"].to(device)
+            for (alpha, count), acc in zip(grid, accs):
+                acc.update(module.fused_with(teacher, raw_cf, alpha, count), target, history, mask_seen=mask_seen)
+        for row, acc in zip(rows, accs):
+            row[which] = _sliced(acc, counts, ks)
+    return rows
+
+
 def evaluate_teacher(
     module_or_dir: Any,
     datamodule: Any,
@@ -208,6 +233,7 @@ def evaluate_teacher(
                 fusion[name] = part
         finally:
             alpha.fill_(chosen)
+        fusion["grid"] = evaluate_fusion_grid(module, datamodule, splits=splits, ks=ks, mask_seen=mask_seen)
     if getattr(module, "has_content_part", lambda: False)():  # the text vectors alone (the cold-item path)
         part = {"definition": "scale * cosine(user, text vector): no residual, collaborative part or bias"}
         for which in splits:

@@ -148,6 +148,21 @@ class HLLMModelMixin:
             return g * cf_logits
         return g * cf_logits + (1 - g) * teacher.masked_fill(torch.isinf(teacher), 0.0)
 
+    def fusion_grid(self) -> list[tuple[float, float | None]]:
+        """The ``(alpha, c_cf)`` pairs an ensemble teacher searches on validation (``c_cf`` None: the
+        teacher's own gate): every LLM weight of ``FUSION_GRID`` for every ``collaborative_gate_counts``."""
+        from recdistill.teacher.collaborative import FUSION_GRID
+
+        counts = self.hparams.get("collaborative_gate_counts") if hasattr(self, "collab_gate_count") else None
+        return [(a, None if counts is None else float(c)) for c in (counts or [None]) for a in FUSION_GRID]
+
+    def fused_with(self, teacher: Tensor, raw_cf: Tensor, alpha: float, count: float | None) -> Tensor:
+        """What :meth:`score_items` returns over all items with ``fusion_alpha = alpha`` and
+        ``collab_gate_count = count``, from the LLM part's logits ``teacher`` (``fuse=False``) and the
+        collaborative model's raw logits ``raw_cf``."""
+        gate = None if count is None else (self.item_train_count / count).clamp(max=1.0)
+        return mix_logits(teacher, self._gate_collaborative(teacher, raw_cf, gate=gate), alpha)
+
     # ------------------------------------------------------------------ scores as one dot product
     # (the signal cache stores score_factors per example and score_item_factors per item; see
     # recdistill.teacher.cache_format for the formula)

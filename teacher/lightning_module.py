@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 
 from recdistill.teacher.checkpoint import is_trained_key
-from recdistill.teacher.collaborative import FUSION_GRID, mix_logits
 
 PREFIX = "teacher."
 
@@ -125,13 +124,7 @@ class TeacherLightningModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._val_acc = self._accumulator()
         mixing = hasattr(self.teacher, "fusion_alpha")
-        self._val_mix = {key: self._accumulator() for key in self._fusion_grid()} if mixing else None
-
-    def _fusion_grid(self) -> list[tuple[float, float | None]]:
-        """``(alpha, c_cf)`` pairs searched on validation (``c_cf`` None: the teacher's own gate)."""
-        counts = self.teacher.hparams.get("collaborative_gate_counts") if hasattr(self.teacher, "collab_gate_count") \
-            else None
-        return [(a, None if counts is None else float(c)) for c in (counts or [None]) for a in FUSION_GRID]
+        self._val_mix = {key: self._accumulator() for key in self.teacher.fusion_grid()} if mixing else None
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         t = self.teacher
@@ -142,12 +135,8 @@ class TeacherLightningModule(L.LightningModule):
         user = t.encode(batch["input_ids"])["user"][:, -1]
         teacher = t.score_items(user, fuse=False)
         raw_cf = t.collab_model.score(user[..., t.item_dim:])
-        gated: dict[float | None, Tensor] = {}
         for (alpha, count), acc in self._val_mix.items():
-            if count not in gated:
-                gate = None if count is None else (t.item_train_count / count).clamp(max=1.0)
-                gated[count] = t._gate_collaborative(teacher, raw_cf, gate=gate)
-            acc.update(mix_logits(teacher, gated[count], alpha), batch["target"], batch.get("history"),
+            acc.update(t.fused_with(teacher, raw_cf, alpha, count), batch["target"], batch.get("history"),
                        mask_seen=self.hp.mask_seen)
 
     def on_validation_epoch_end(self) -> None:

@@ -65,6 +65,16 @@ def _trainer(epochs: int) -> L.Trainer:
                      enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
 
 
+def _valid_ndcg10(teacher, dm) -> float:
+    from recdistill.metrics import RankingAccumulator
+
+    acc = RankingAccumulator(ks=(10,))
+    with torch.no_grad():
+        for batch in dm.dataloader("valid"):
+            acc.update(teacher(batch["input_ids"]), batch["target"], batch["history"], mask_seen=True)
+    return acc.compute()["ndcg@10"]
+
+
 def _random_cold_ndcg(dm, split: str = "test") -> float:
     """Expected NDCG@10 of a uniformly random ranking over each cold target's candidates."""
     counts = dm.split.item_train_counts()
@@ -233,14 +243,20 @@ def test_collaborative_gate_is_chosen_on_validation_with_alpha(data, dm, tiny, c
     assert chosen[1] in grid
     teacher.eval()
     brute = {}
-    for count in grid:
+    for count in grid:  # the teacher's own forward with each (alpha, c_cf) set
         for alpha in FUSION_GRID:
             teacher.fusion_alpha.fill_(alpha)
             teacher.collab_gate_count.fill_(count)
-            brute[(alpha, count)] = evaluate_teacher(teacher, dm, splits=("valid",), latency=False)["valid"]["ndcg@10"]
+            brute[(alpha, count)] = _valid_ndcg10(teacher, dm)
     teacher.fusion_alpha.fill_(chosen[0])
     teacher.collab_gate_count.fill_(chosen[1])
     assert brute[chosen] == pytest.approx(max(brute.values()), abs=1e-6)
     assert len({round(v, 6) for v in brute.values()}) > 1  # the grid matters on this data
+    # eval reports every grid point, by slice, equal to the teacher's forward at that point
+    rows = evaluate_teacher(teacher, dm, latency=False)["fusion"]["grid"]
+    assert [(r["alpha"], r["collaborative_gate_count"]) for r in rows] == list(brute)
+    for row in rows:
+        assert row["valid"]["ndcg@10"] == pytest.approx(brute[(row["alpha"], row["collaborative_gate_count"])], abs=1e-6)
+        assert {"cold/ndcg@10", "rare/ndcg@10", "warm/ndcg@10"} <= set(row["test"])
     reloaded = load_teacher(teacher.save_pretrained(tmp_path / "ckpt"))
     assert float(reloaded.collab_gate_count) == chosen[1] and float(reloaded.fusion_alpha) == pytest.approx(chosen[0])
