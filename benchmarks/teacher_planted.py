@@ -105,7 +105,18 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
             "best_epoch": teacher.get("best_epoch"),
             "fit_seconds": teacher.get("fit_seconds"), "eval_seconds": teacher.get("eval_seconds"),
             "sasrec_seconds": sasrec.get("seconds"), "sasrec_best_epoch": sasrec.get("best_epoch"),
-            "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from")}
+            "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from"),
+            "fusion_grid": fusion_grid(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json")}
+
+
+def fusion_grid(metrics_file: Path) -> list[dict[str, Any]]:
+    """The teacher eval's ``fusion.grid`` (every ``(alpha, c_cf)`` of the validation search) by slice;
+    empty when the eval predates it."""
+    if not metrics_file.is_file():
+        return []
+    grid = (json.loads(metrics_file.read_text()).get("fusion") or {}).get("grid") or []
+    return [{"alpha": g["alpha"], "c_cf": g["collaborative_gate_count"], "valid": slice_summary(g["valid"]),
+             "test": slice_summary(g["test"])} for g in grid if "valid" in g and "test" in g]
 
 
 def _cli(*args: str) -> None:
@@ -233,6 +244,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         cells = [_spread([r["models"][key]["test"][s] for r in present if s in r["models"][key]["test"]])
                  for s in ("overall", *SLICES)]
         lines.append(f"| {label} | {_spread(valid)} | " + " | ".join(cells) + " |")
+    lines += render_frontier(runs)
     lines += ["", "| target (test NDCG@10) | per seed: teacher − reference | met |", "|---|---|---|"]
     for target in payload.get("targets") or judge_targets(runs):
         diffs = ", ".join(f"{s['difference']:+.3f}" for s in target["per_seed"]) or "-"
@@ -240,6 +252,31 @@ def render_markdown(payload: dict[str, Any]) -> str:
         verdict = "**yes**" if target["met"] else "no"
         lines.append(f"| {target['target']} | {diffs} | {verdict} ({n_met}/{len(target['per_seed'])} seeds) |")
     return "\n".join(lines) + "\n"
+
+
+FRONTIER_ALPHAS = (0.0, 0.2, 0.5)
+
+
+def render_frontier(runs: list[dict[str, Any]]) -> list[str]:
+    """What the fusion trades: the teacher at several ``(alpha, c_cf)`` of its validation search, by
+    slice (medians over the seeds whose eval recorded the grid)."""
+    have = [r for r in runs if r.get("fusion_grid")]
+    if not have:
+        return []
+    keys = [(g["alpha"], g["c_cf"]) for g in have[0]["fusion_grid"] if round(g["alpha"], 1) in FRONTIER_ALPHAS]
+    chosen = {(r.get("alpha"), r.get("cf_gate_count")) for r in have}
+    lines = ["", f"What the fusion trades (seeds {[r['seed'] for r in have]}, median; the same teacher, mixed "
+             "at other points of its validation grid; * = chosen on validation for some seed; the plain SASRec "
+             "row above is the other end: warm only):", "",
+             "| alpha | c_cf | valid NDCG@10 | test NDCG@10 | cold test | rare test | warm test |",
+             "|---:|---:|---|---|---|---|---|"]
+    for alpha, count in keys:
+        points = [g for r in have for g in r["fusion_grid"] if (g["alpha"], g["c_cf"]) == (alpha, count)]
+        mark = " *" if any(abs(alpha - (a or 0)) < 1e-6 and count == c for a, c in chosen) else ""
+        cells = [_spread([g["test"][k] for g in points if k in g["test"]]) for k in ("overall", *SLICES)]
+        lines.append(f"| {alpha:.1f}{mark} | {'-' if count is None else f'{count:g}'} | "
+                     f"{_spread([g['valid']['overall'] for g in points])} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _adopted_note(runs: list[dict[str, Any]]) -> str:

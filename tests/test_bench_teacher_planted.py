@@ -96,3 +96,30 @@ def test_readme_without_anchor_or_markers_is_an_error(tmp_path):
     readme.write_text("nothing here\n")
     with pytest.raises(ValueError):
         update_readme_block(readme, "t\n")
+
+
+def test_frontier_reads_the_eval_grid_and_marks_the_chosen_fusion(tmp_path):
+    import json
+
+    from recdistill.benchmarks.teacher_planted import fusion_grid, render_frontier
+
+    def metrics(ndcg, cold, warm):
+        return {"ndcg@10": ndcg, "cold/ndcg@10": cold, "cold/count": 5, "rare/ndcg@10": 0.0, "rare/count": 5,
+                "warm/ndcg@10": warm, "warm/count": 10}
+
+    grid = [{"alpha": a, "collaborative_gate_count": c, "valid": metrics(0.1 + a, 0.2, 0.3),
+             "test": metrics(0.1 + a / 2, 0.2 - a / 10 + c / 1000, 0.3 - c / 1000)}
+            for c in (5.0, 20.0) for a in (0.0, 0.1, 0.2, 0.5)]
+    (tmp_path / "metrics.json").write_text(json.dumps({"fusion": {"alpha": 0.2, "grid": grid}}))
+    assert fusion_grid(tmp_path / "missing.json") == []
+    read = fusion_grid(tmp_path / "metrics.json")
+    assert len(read) == 8 and read[1]["c_cf"] == 5.0 and read[1]["test"]["cold"] == pytest.approx(0.195)
+    runs = [{"seed": 0, "alpha": 0.2, "cf_gate_count": 20.0, "fusion_grid": read},
+            {"seed": 1, "alpha": 0.0, "cf_gate_count": 5.0, "fusion_grid": read}, {"seed": 2, "fusion_grid": []}]
+    lines = render_frontier(runs)
+    rows = [line for line in lines if line.startswith("| 0.") or line.startswith("| 0.0")]
+    assert len(rows) == 6  # alphas 0, 0.2, 0.5 (not 0.1) x c_cf 5, 20
+    assert rows[0].startswith("| 0.0 * | 5 | 0.100 (0.100–0.100) |") and rows[4].startswith("| 0.2 * | 20 |")
+    assert rows[1].startswith("| 0.2 | 5 |")  # not chosen for any seed
+    assert "seeds [0, 1]" in lines[1]
+    assert render_frontier([{"seed": 0}]) == []
