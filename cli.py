@@ -12,7 +12,7 @@
     recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--dataset planted] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
-    recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--update-readme README.md]
+    recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--students gru4rec] [--hidden-sizes 64] [--update-readme README.md]
     recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only] [--update-readme README.md]
     recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--signals DIR] [--update-readme README.md]
     recdistill run RECIPE --output-dir DIR
@@ -127,7 +127,8 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
     if args.suite == "distill-sweep":
         from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
 
-        run_distill_sweep(args.output_dir, seeds=args.seeds, variant=(args.variants or [None])[0],
+        sizes = {} if args.hidden_sizes is None else {"hidden_sizes": tuple(args.hidden_sizes)}
+        run_distill_sweep(args.output_dir, seeds=args.seeds, variant=(args.variants or [None])[0], **sizes,
                           students=tuple(args.students) if args.students is not None else OTHER_STUDENTS,
                           readme=args.update_readme)
         return 0
@@ -245,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--variants", nargs="*", default=None, help="distill: the variants to run (default: all)")
     bench.add_argument("--no-control", action="store_true",
                        help="distill: skip the control teacher (random-init LLM layers)")
+    bench.add_argument("--hidden-sizes", nargs="*", type=int, default=None,
+                       help="distill-sweep: SASRec hidden sizes (default 16 32 64; none: other students only)")
     bench.add_argument("--no-teachers", action="store_true",
                        help="compress: skip the teacher-to-student latency rows")
     bench.add_argument("--parent-max-epochs", type=int, default=None,

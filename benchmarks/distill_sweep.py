@@ -53,9 +53,10 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
     started = time.time()
     teacher = _teacher_run(output_dir, 0, [])
     rows: list[dict[str, Any]] = []
+    earlier = _earlier_rows(output_dir, variant)
 
     def save() -> None:
-        write_json(output_dir / "distill_sweep.json", _payload(rows, seeds, variant, teacher, started))
+        write_json(output_dir / "distill_sweep.json", _payload(_merged(earlier, rows), seeds, variant, teacher, started))
 
     for seed in seeds:
         for hidden in hidden_sizes:
@@ -70,13 +71,32 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
             rows.append(_row(name, None, "distilled", seed,
                              _distilled(output_dir, f"ml100k_{name}_dllm2rec", variant, seed, teacher, [])))
             save()
-    payload = _payload(rows, seeds, variant, teacher, started)
+    payload = _payload(_merged(earlier, rows), seeds, variant, teacher, started)
     write_json(output_dir / "distill_sweep.json", payload)
     markdown = render_markdown(payload)
     write_text(output_dir / "distill_sweep.md", markdown)
     if readme is not None:
         update_readme(readme, markdown, markers=README_MARKERS)
     return payload
+
+
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["student"], row["hidden_size"], row["kind"], row["seed"]
+
+
+def _earlier_rows(output_dir: Path, variant: str) -> list[dict[str, Any]]:
+    """Rows of an earlier sweep with the same variant (kept unless this run redoes them), so the table
+    grows over several invocations (e.g. more seeds of one student)."""
+    path = output_dir / "distill_sweep.json"
+    if not path.exists():
+        return []
+    payload = json.loads(path.read_text())
+    return list(payload.get("rows", [])) if payload.get("variant") == variant else []
+
+
+def _merged(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    redone = {_key(r) for r in rows}
+    return [r for r in earlier if _key(r) not in redone] + rows
 
 
 def _plain(output_dir: Path, name: str, seed: int, extra: list[str]) -> dict[str, Any]:
@@ -136,25 +156,34 @@ def render_markdown(payload: dict[str, Any]) -> str:
         groups.setdefault((row["student"], row["hidden_size"]), {}).setdefault(row["kind"], []).append(row)
     teacher = payload["teacher"].get("test") or {}
     lines = [
-        f"Plain vs distilled ({payload['variant']}) on MovieLens-100K, seeds {payload['seeds']} (median; one "
+        f"Plain vs distilled ({payload['variant']}) on MovieLens-100K, median over each row's seeds (one "
         f"teacher, seed 0: test NDCG@10 {_fmt(teacher.get('ndcg@10'))}); selection on validation, torch "
-        f"{payload['torch']}, CPU. Δ = distilled − plain, per seed when one seed. With 943 test users a "
+        f"{payload['torch']}, CPU. Δ = median distilled − median plain; per seed in brackets. With 943 test users a "
         "difference under about 0.01 NDCG@10 is noise. Reproduce: `recdistill bench distill-sweep`.",
         "",
-        "| student | hidden | params | plain test NDCG@10 | distilled test NDCG@10 | Δ | plain valid | "
+        "| student | hidden | seeds | params | plain test NDCG@10 | distilled test NDCG@10 | Δ (per seed) | plain valid | "
         "distilled valid | distilled cold / rare / warm NDCG@10 | plain cold / rare / warm |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for (student, hidden), kinds in groups.items():
         plain, dist = kinds.get("plain", []), kinds.get("distilled", [])
         p, d = _median(plain, "test", "ndcg@10"), _median(dist, "test", "ndcg@10")
         delta = None if p is None or d is None else d - p
         params = plain[0].get("num_parameters") if plain else None
+        seeds = sorted({r["seed"] for r in plain} & {r["seed"] for r in dist})
+        per_seed = [_seed_value(dist, s) - _seed_value(plain, s) for s in seeds]
+        shown = "-" if delta is None else f"{delta:+.4f}" + (
+            f" ({', '.join(f'{v:+.3f}' for v in per_seed)})" if len(per_seed) > 1 else "")
         lines.append(
-            f"| {student} | {hidden or 'default'} | {f'{params:,}' if params else '-'} | {_fmt(p)} | {_fmt(d)} | "
-            f"{'-' if delta is None else f'{delta:+.4f}'} | {_fmt(_median(plain, 'valid', 'ndcg@10'))} | "
+            f"| {student} | {hidden or 'default'} | {', '.join(map(str, seeds)) or '-'} | "
+            f"{f'{params:,}' if params else '-'} | {_fmt(p)} | {_fmt(d)} | "
+            f"{shown} | {_fmt(_median(plain, 'valid', 'ndcg@10'))} | "
             f"{_fmt(_median(dist, 'valid', 'ndcg@10'))} | {_slices(dist)} | {_slices(plain)} |")
     return "\n".join(lines) + "\n"
+
+
+def _seed_value(rows: list[dict[str, Any]], seed: int) -> float:
+    return next(r["test"]["ndcg@10"] for r in rows if r["seed"] == seed)
 
 
 def _slices(rows: list[dict[str, Any]]) -> str:

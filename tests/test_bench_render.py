@@ -63,4 +63,23 @@ def test_sweep_delta_is_distilled_minus_plain_median() -> None:
                         row("distilled", 0, 0.13), row("distilled", 1, 0.11), row("distilled", 2, 0.12)]}
     line = next(l for l in render_sweep(payload).splitlines() if l.startswith("| gru4rec"))
     cells = [c.strip() for c in line.split("|")]
-    assert cells[4] == "0.1100" and cells[5] == "0.1200" and cells[6] == "+0.0100"
+    assert cells[3] == "0, 1, 2" and cells[5] == "0.1100" and cells[6] == "0.1200"
+    assert cells[7] == "+0.0100 (+0.030, -0.010, +0.010)"
+
+
+def test_sweep_keeps_earlier_rows_of_the_same_variant_unless_redone(tmp_path) -> None:
+    import json
+
+    from recdistill.benchmarks.distill_sweep import _earlier_rows, _merged
+
+    def row(kind: str, seed: int, ndcg: float, student: str = "gru4rec") -> dict:
+        return {"student": student, "hidden_size": None, "kind": kind, "seed": seed, "test": {"ndcg@10": ndcg}}
+
+    old = [row("plain", 0, 0.10), row("distilled", 0, 0.12), row("plain", 0, 0.09, "caser")]
+    (tmp_path / "distill_sweep.json").write_text(json.dumps({"variant": "v", "rows": old}))
+    assert _earlier_rows(tmp_path, "other variant") == []
+    earlier = _earlier_rows(tmp_path, "v")
+    merged = _merged(earlier, [row("plain", 1, 0.11), row("distilled", 0, 0.13)])
+    assert [(r["student"], r["kind"], r["seed"], r["test"]["ndcg@10"]) for r in merged] == [
+        ("gru4rec", "plain", 0, 0.10), ("caser", "plain", 0, 0.09), ("gru4rec", "plain", 1, 0.11),
+        ("gru4rec", "distilled", 0, 0.13)]
