@@ -13,7 +13,7 @@
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
     recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--students gru4rec] [--hidden-sizes 64] [--update-readme README.md]
-    recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only] [--update-readme README.md]
+    recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only | --quality-only] [--update-readme README.md]
     recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--signals DIR] [--update-readme README.md]
     recdistill run RECIPE --output-dir DIR
     recdistill compare RUN_DIR [RUN_DIR ...] [--output-dir OUT]
@@ -122,7 +122,8 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         run_compress_benchmark(args.output_dir, students=args.students, seed=(args.seeds or [0])[0],
                                teachers=not args.no_teachers, readme=args.update_readme,
                                parent_max_epochs=args.parent_max_epochs, pq_only=args.pq_only,
-                               pq_seeds=args.seeds if args.pq_only else None)
+                               pq_seeds=args.seeds if args.pq_only else None,
+                               quality_seeds=args.seeds if args.quality_only else None)
         return 0
     if args.suite == "distill-sweep":
         from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
@@ -256,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--pq-only", action="store_true",
                        help="compress: re-run only the PQ stage (post-hoc PQ + RecJPQ joint training) of --students, "
                             "on the plain parent of every --seeds (the first seed's row is the table's)")
+    bench.add_argument("--quality-only", action="store_true",
+                       help="compress: run only the compress stage of --students on the plain parent of every "
+                            "--seeds (no timings); quality targets judged on the median over seeds")
     bench.add_argument("--kills", type=int, default=10, help="faults: SIGKILLs per command (at least)")
     bench.add_argument("--seed", type=int, default=0, help="faults: seed of the kill times and flipped bytes")
     bench.add_argument("--flips", type=int, default=3, help="faults: byte flips per corrupted file kind")

@@ -74,7 +74,8 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
                            seed: int = 0, teachers: bool = True, readme: str | Path | None = None,
                            min_seconds: float = 1.0, parent_max_epochs: int | None = None,
                            pq_only: bool = False, pq_students: tuple[str, ...] = ("sasrec",),
-                           pq_seeds: list[int] | None = None) -> dict[str, Any]:
+                           pq_seeds: list[int] | None = None, quality_seeds: list[int] | None = None
+                           ) -> dict[str, Any]:
     """Run the benchmark for ``students``; rows of other students already in ``compress.json``
     (an earlier invocation) are kept, so the table can be built over several runs.
     ``parent_max_epochs``: train parents for at most that many epochs (a separate run folder;
@@ -82,7 +83,9 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
     RecJPQ joint training, ``pq_config``). ``pq_only``: run only the PQ stage of ``students``
     (their rows, compress runs and timings are taken from the existing ``compress.json``);
     ``pq_seeds``: with ``pq_only``, also run the PQ stage on the plain parents of these seeds (the
-    PQ target is then judged on the median over seeds)."""
+    PQ target is then judged on the median over seeds); ``quality_seeds``: run only the compress
+    stage (no timings) of ``students`` on the plain parents of these seeds; their quality and size
+    targets are then judged on the median over seeds (the first seed's rows stay the table's)."""
     output_dir = Path(output_dir)
     names = students or [*SEQUENTIAL, *CTR]
     unknown = [n for n in names if n not in SEQUENTIAL + CTR]
@@ -94,8 +97,11 @@ def run_compress_benchmark(output_dir: str | Path = "benchmarks/results", studen
     kept, earlier_teachers = earlier.get("students", {}), earlier.get("teachers")
     payload: dict[str, Any] = {"seed": seed, "students": {k: v for k, v in kept.items() if k not in names},
                                "torch": torch.__version__, "pq_seeds": earlier.get("pq_seeds", {}),
+                               "quality_seeds": earlier.get("quality_seeds", {}),
                                "machine": {"processor": platform.processor() or platform.machine(),
                                            "cpus": _cpu_count()}}
+    if quality_seeds:
+        return _quality_only(output_dir, names, earlier, payload, quality_seeds, readme, started)
     if pq_only:
         return _pq_only(output_dir, names, earlier, payload, seed, readme, started, pq_seeds or [seed])
     for name in names:
@@ -149,6 +155,28 @@ def _pq_only(output_dir: Path, names: list[str], earlier: dict[str, Any], payloa
         for other in (s for s in seeds if s != seed):
             parent = _parent_run(output_dir, name, other)
             per_seed[str(other)] = seed_summary(pq_run(output_dir, name, other, parent))
+            write_json(output_dir / "compress.json", payload)  # a seed at a time: nothing lost if killed
+    return _finish(output_dir, payload, readme, started)
+
+
+def _quality_only(output_dir: Path, names: list[str], earlier: dict[str, Any], payload: dict[str, Any],
+                  seeds: list[int], readme: str | Path | None, started: float) -> dict[str, Any]:
+    """The compress stage of ``names`` on the plain parent of every seed (reused when unchanged; no
+    profiling); each seed's quality and size measures go to ``quality_seeds``."""
+    from recdistill.benchmarks.compress_report import quality_measures
+
+    kept = earlier.get("students", {})
+    missing = [n for n in names if n not in kept]
+    if missing:
+        raise ValueError(f"--quality-seeds needs an earlier full run of {missing} in {output_dir}/compress.json")
+    payload.update({k: v for k, v in earlier.items() if k in ("teachers", "torch", "machine", "seed")})
+    for name in names:
+        payload["students"][name] = kept[name]
+        per_seed = payload["quality_seeds"].setdefault(name, {})
+        for seed in seeds:
+            summary = _compress_run(output_dir, name, seed, _parent_run(output_dir, name, seed))
+            per_seed[str(seed)] = {"run_dir": summary["run_dir"], "parent_ndcg10": summary["parent"].get("ndcg@10"),
+                                   "measures": [list(m) for m in quality_measures(summary)]}
             write_json(output_dir / "compress.json", payload)  # a seed at a time: nothing lost if killed
     return _finish(output_dir, payload, readme, started)
 
