@@ -32,29 +32,37 @@ def _kl_rows(teacher_scores: Tensor, student_scores: Tensor, valid: Tensor, tau:
 
 class _FullCatalogueKL(torch.autograd.Function):
     """Per-row KL(softmax(t/τ) ‖ softmax(s/τ)) straight from teacher logits ``t`` (detached) and student
-    logits ``s``: with ``p = softmax(t/τ)``, ``q = softmax(s/τ)``,
+    logits ``s``: with ``u = t/τ``, ``v = s/τ``, ``p = softmax(u)``, ``q = softmax(v)``,
 
-        KL = Σ p·(log p − log q),      ∂KL/∂s = (q − p) / τ      (Σ p = 1)
+        KL = Σ p·(u − v) + lse(v) − lse(u),      ∂KL/∂s = (q − p) / τ      (Σ p = 1)
 
-    on the fused (log-)softmax kernels, without ``logsumexp`` or masks (log p is clamped at -1e4,
-    so a teacher entry of -inf, probability 0, contributes 0·finite = 0)."""
+    on the fused softmax kernel alone: ``lse(u) = max u − log p[argmax u]`` (the largest probability
+    never underflows), so no log-softmax or logsumexp pass, and the backward reuses ``q``. A teacher
+    entry of -inf gets probability 0 and contributes 0 (``u`` is clamped before the product)."""
 
     @staticmethod
     def forward(ctx: Any, s: Tensor, t: Tensor, tau: float) -> Tensor:
         inv = 1.0 / tau
         u = t * inv
         p = torch.softmax(u, dim=1)
-        log_p = torch.log_softmax(u, dim=1).clamp_min_(-1e4)
-        log_q = torch.log_softmax(s * inv, dim=1)
-        kl = (p * log_p.sub_(log_q)).sum(dim=1)
-        ctx.save_for_backward(log_q, p)
+        v = s * inv
+        q = torch.softmax(v, dim=1)
+        lse_gap = _log_normaliser(v, q) - _log_normaliser(u, p)
+        kl = (p * u.clamp_min_(torch.finfo(u.dtype).min / 2).sub_(v)).sum(dim=1) + lse_gap
+        ctx.save_for_backward(q, p)
         ctx.inv = inv
         return kl
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        log_q, p = ctx.saved_tensors
-        return log_q.exp().sub_(p).mul_((grad * ctx.inv).unsqueeze(1)), None, None
+        q, p = ctx.saved_tensors
+        return (q - p).mul_((grad * ctx.inv).unsqueeze(1)), None, None
+
+
+def _log_normaliser(x: Tensor, probs: Tensor) -> Tensor:
+    """``logsumexp(x, 1)`` from ``probs = softmax(x, 1)``: ``max x − log probs[argmax x]``."""
+    top, where = x.max(dim=1, keepdim=True)
+    return (top - probs.gather(1, where).log()).squeeze(1)
 
 
 def full_catalogue_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float) -> Tensor:
