@@ -101,11 +101,18 @@ KNOWN_NOISE = (
 
 
 class _NoTips(logging.Filter):
-    """Drops Lightning's advertising tips and onnxruntime's per-call pre-processing advice."""
+    """Drops Lightning's advertising tips, onnxruntime's per-call pre-processing advice and the Llama
+    tokenizer's note on its default (legacy) behaviour, which the GGUF tokenizer keeps on purpose."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return "💡 Tip" not in message and "pre-processing before quantization" not in message
+        return ("💡 Tip" not in message and "pre-processing before quantization" not in message
+                and "You are using the default legacy behaviour" not in message)
+
+
+#: loggers whose known-harmless records :class:`_NoTips` drops (filters act where a record is created)
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "transformers.models.llama.tokenization_llama", "transformers.models.llama.tokenization_llama_fast")
 
 
 def quiet_known_noise() -> None:
@@ -115,7 +122,7 @@ def quiet_known_noise() -> None:
     root = logging.getLogger()  # onnxruntime.quantization advises on the root logger at every call
     if not any(isinstance(f, _NoTips) for f in root.filters):
         root.addFilter(_NoTips())
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in QUIET_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoTips) for f in logger.filters):
             logger.addFilter(_NoTips())
