@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-faults bench-kar clean
+.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-compress-seeds bench-faults bench-kar clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ bench-distill-sweep: $(STAMP)
 # Every student compressed, gated and profiled; teacher-to-student latency.
 bench-compress: $(STAMP)
 	$(BIN)/recdistill bench compress --output-dir benchmarks/results --update-readme README.md
+
+# SASRec's PQ stage and compression targets over seeds, each seed against its own plain parent.
+bench-compress-seeds: $(STAMP)
+	$(BIN)/recdistill bench compress --output-dir benchmarks/results --students sasrec --pq-only --seeds $(SEEDS)
+	$(BIN)/recdistill bench compress --output-dir benchmarks/results --students sasrec --quality-only --seeds $(SEEDS) --update-readme README.md
 
 # SIGKILL loops, byte flips and bad inputs (tiny models; a few minutes).
 bench-faults: $(STAMP)
