@@ -87,7 +87,8 @@ def check_student_output(student_output: str) -> str:
     return student_output
 
 
-def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str) -> Tensor:
+def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str,
+                  log_probs: Optional[Tensor] = None) -> Tensor:
     """``[B, K]`` negative log-likelihood of each teacher candidate under the student.
 
     ``"sigmoid"``: −log σ(ŷ_i), the papers' form for students trained with sampled BCE.
@@ -95,21 +96,22 @@ def candidate_nll(student_logits: Tensor, ids: Tensor, student_output: str) -> T
     trained with full-softmax cross-entropy. Under a softmax task loss the sigmoid form is
     degenerate: adding one constant to every logit leaves the task loss unchanged and drives
     −log σ(ŷ_i) to 0, so the term stops ranking anything; the softmax form is shift-invariant
-    like the task loss. Missing ids (0) must be masked by the caller.
+    like the task loss. Missing ids (0) must be masked by the caller. ``log_probs``: the softmax
+    form's ``log_softmax(student_logits)`` when already computed (the task loss's), else computed.
     """
     if student_output == "sigmoid":
         return F.softplus(-student_logits.gather(1, ids))
     # logsumexp(ŷ[1:]) − ŷ_i = −log_softmax(ŷ)_i + log(1 − softmax(ŷ)_0): one fused log-softmax over the
     # contiguous rows (a copy of ŷ[:, 1:] and logsumexp's multi-pass backward cost more than the term)
-    log_p = F.log_softmax(student_logits, dim=1)
+    log_p = F.log_softmax(student_logits, dim=1) if log_probs is None else log_probs
     return torch.log1p(-log_p[:, :1].exp()) - log_p.gather(1, ids)
 
 
 def weighted_candidate_loss(student_logits: Tensor, ids: Tensor, weights: Tensor, student_output: str,
-                            reduction: str) -> Tensor:
+                            reduction: str, log_probs: Optional[Tensor] = None) -> Tensor:
     """``Σ_i w_i · nll_i`` per row over the non-missing candidates (id > 0), reduced over rows that
     have one; ``nll`` as in :func:`candidate_nll`. Shared by RD and DLLM2Rec."""
     valid = ids > 0
-    nll = candidate_nll(student_logits, ids, student_output)
+    nll = candidate_nll(student_logits, ids, student_output, log_probs)
     per_row = (weights * torch.where(valid, nll, torch.zeros_like(nll))).sum(dim=1)
     return reduce_rows(per_row, valid.any(dim=1), reduction)

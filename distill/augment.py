@@ -79,6 +79,8 @@ class TeacherPseudoInteractionLoss(nn.Module):
             inputs["history"] = "history"
         if params.get("min_score") is not None:
             inputs["teacher_topk_scores"] = "teacher_topk_scores"
+        if params.get("student_output", "softmax") == "softmax":  # the task loss's log-softmax, reused
+            inputs["student_log_probs"] = "student_log_probs"
         return inputs
 
     def __init__(self, m: int = 3, min_score: Optional[float] = None, exclude_seen: bool = True,
@@ -98,7 +100,8 @@ class TeacherPseudoInteractionLoss(nn.Module):
                 f"normalize={self.normalize}, student_output={self.student_output!r}, reduction={self.reduction!r}")
 
     def forward(self, student_logits: Tensor, teacher_topk_ids: Tensor, target: Optional[Tensor] = None,
-                history: Optional[Tensor] = None, teacher_topk_scores: Optional[Tensor] = None) -> Tensor:
+                history: Optional[Tensor] = None, teacher_topk_scores: Optional[Tensor] = None,
+                student_log_probs: Optional[Tensor] = None) -> Tensor:
         check_logits_and_ids(student_logits, teacher_topk_ids)
         if self.exclude_seen and history is None:
             raise ValueError("TeacherPseudoInteractionLoss with exclude_seen=True needs history")
@@ -111,6 +114,6 @@ class TeacherPseudoInteractionLoss(nn.Module):
         weights = keep.to(student_logits.dtype)
         if self.normalize:
             weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
-        nll = candidate_nll(student_logits, ids, self.student_output)
+        nll = candidate_nll(student_logits, ids, self.student_output, student_log_probs)
         per_row = (weights * torch.where(keep, nll, torch.zeros_like(nll))).sum(dim=1)
         return reduce_rows(per_row, torch.ones_like(per_row, dtype=torch.bool), self.reduction)

@@ -109,6 +109,8 @@ class ImportanceRankingDistillationLoss(nn.Module):
             inputs.update(teacher_user="teacher_user", teacher_item_emb="teacher_item_emb")
             if params.get("confidence", "sequence") == "sequence":
                 inputs["target"] = "target"
+        if params.get("student_output", "sigmoid") == "softmax":  # the task loss's log-softmax, reused
+            inputs["student_log_probs"] = "student_log_probs"
         return inputs
 
     def __init__(
@@ -234,8 +236,9 @@ class ImportanceRankingDistillationLoss(nn.Module):
         teacher_item_emb: Optional[Tensor] = None,
         target: Optional[Tensor] = None,
         history: Optional[Tensor] = None,
+        student_log_probs: Optional[Tensor] = None,
     ) -> Tensor:
         check_logits_and_ids(student_logits, teacher_topk_ids)
         ids = teacher_topk_ids.detach().long()
         w = self.weights(student_logits, ids, teacher_user, teacher_item_emb, target, history)
-        return weighted_candidate_loss(student_logits, ids, w, self.student_output, self.reduction)
+        return weighted_candidate_loss(student_logits, ids, w, self.student_output, self.reduction, student_log_probs)

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from recdistill.distill.embedding import TeacherEmbeddingFusion, pca_init
@@ -188,6 +189,9 @@ class DistilledSequentialRecommender(SequentialRecommender):
         pick = (lambda t: t) if everything else (lambda t: t[rows])
         keys = self._context_keys
         ctx: dict[str, Any] = {"student_logits": pick(out.logits), "target": pick(out.labels)}
+        if "student_log_probs" in keys:
+            log_probs = out.log_probs if getattr(out, "log_probs", None) is not None else F.log_softmax(out.logits, 1)
+            ctx["student_log_probs"] = pick(log_probs)
         if keys & {"student_hidden", "student_layers"}:
             positions = out.positions
             if "student_hidden" in keys:

@@ -147,14 +147,22 @@ class RankingDistillationLoss(nn.Module):
                 w = masked_normalize(w, valid)
         return w.detach()
 
+    @classmethod
+    def distill_inputs(cls, params: dict) -> dict[str, str]:
+        inputs = {"student_logits": "student_logits", "teacher_topk_ids": "teacher_topk_ids"}
+        if params.get("student_output", "sigmoid") == "softmax":  # the task loss's log-softmax, reused
+            inputs["student_log_probs"] = "student_log_probs"
+        return inputs
+
     def forward(
         self,
         student_logits: Tensor,
         teacher_topk_ids: Tensor,
         history: Optional[Tensor] = None,
         dynamic: Optional[bool] = None,
+        student_log_probs: Optional[Tensor] = None,
     ) -> Tensor:
         check_logits_and_ids(student_logits, teacher_topk_ids)
         ids = teacher_topk_ids.detach().long()
         w = self.weights(student_logits, ids, history=history, dynamic=dynamic)
-        return weighted_candidate_loss(student_logits, ids, w, self.student_output, self.reduction)
+        return weighted_candidate_loss(student_logits, ids, w, self.student_output, self.reduction, student_log_probs)

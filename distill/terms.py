@@ -14,7 +14,7 @@ entries its ``forward`` arguments read with a classmethod ``distill_inputs(param
 context key}``; the context keys are:
 
 student side (computed from the student's own forward pass, nothing recomputed):
-  ``student_logits`` [P, N+1] · ``student_hidden`` [P, d] (state at the supervised position) ·
+  ``student_logits`` [P, N+1] · ``student_log_probs`` [P, N+1] (their log-softmax, the task loss's) · ``student_hidden`` [P, d] (state at the supervised position) ·
   ``student_layers`` list of [P, d] (``Encoded.layers`` at those positions) · ``target`` [P] ·
   ``batch_item_ids`` [M] / ``student_item_emb_batch`` [M, d] (the batch's target items) ·
   ``label`` [P] (CTR click labels) · ``history`` [P, L] (the items of the student's input window
@@ -51,7 +51,8 @@ TEACHER_SIGNALS: dict[str, str] = {
     "teacher_item_emb": "item_embeddings",
     "teacher_item_emb_batch": "item_embeddings",
 }
-STUDENT_KEYS = frozenset({"student_logits", "student_hidden", "student_layers", "target", "batch_item_ids",
+STUDENT_KEYS = frozenset({"student_logits", "student_log_probs", "student_hidden", "student_layers", "target",
+                          "batch_item_ids",
                           "student_item_emb_batch", "label", "history"})
 CONTEXT_KEYS = STUDENT_KEYS | frozenset(TEACHER_SIGNALS)
 

@@ -60,6 +60,8 @@ class TaskOutput:
     input_ids: torch.Tensor  # Long[B, L']: the tokens fed to the encoder (cloze: with mask tokens)
     example_ids: torch.Tensor | None = None  # Long[P]: example id of each target, -1 where none
     # (a cloze target at position 0 of a user's sequence); None when the batch has no example_ids
+    log_probs: torch.Tensor | None = None  # [P, num_items + 1]: log_softmax(logits), the task loss's own
+    # (a softmax-form distillation term reuses it: one log-softmax and one backward through it per step)
 
 
 @dataclass
@@ -154,10 +156,11 @@ class SequentialRecommender(L.LightningModule):
         positions = labels > 0
         logits = self.student.score(encoded.sequence[positions])
         targets = labels[positions]
+        log_probs = F.log_softmax(logits, dim=1)  # cross-entropy = nll of these, kept for the terms
         return TaskOutput(
-            loss=F.cross_entropy(logits, targets), encoded=encoded, logits=logits, positions=positions,
+            loss=F.nll_loss(log_probs, targets), encoded=encoded, logits=logits, positions=positions,
             labels=targets, input_ids=input_ids,
-            example_ids=None if example_ids is None else example_ids[positions],
+            example_ids=None if example_ids is None else example_ids[positions], log_probs=log_probs,
         )
 
     def _cloze_window(

@@ -67,7 +67,8 @@ def test_min_score_threshold_and_without_seen_filter():
     open_loss = build_loss("augment", m=2, exclude_seen=False)
     assert float(open_loss(logits, ids, target=target)) == pytest.approx(_brute(logits, ids, target, None, 2), rel=1e-5)
     assert set(DISTILL_LOSSES["augment"].distill_inputs({"exclude_seen": False})) == {
-        "student_logits", "teacher_topk_ids", "target"}
+        "student_logits", "student_log_probs", "teacher_topk_ids", "target"}
+    assert "student_log_probs" not in DISTILL_LOSSES["augment"].distill_inputs({"student_output": "sigmoid"})
 
 
 def test_gradients_reach_the_student_only():

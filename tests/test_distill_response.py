@@ -385,3 +385,26 @@ def test_dllm2rec_cosine_confidence_equals_torch_cosine_similarity(conf):
     want = torch.exp(-(1 - F.cosine_similarity(user, table[target], dim=-1))) if conf == "sequence" else None
     if want is not None:
         assert torch.allclose(again[:, 0], want, rtol=1e-6, atol=1e-7)
+
+
+def test_candidate_loss_on_the_task_loss_log_probs_equals_its_own_log_softmax_in_value_and_gradient():
+    """The softmax-form terms reuse the task loss's ``log_softmax(logits)`` (one log-softmax and one
+    backward through it per step); the total and its gradient equal the separate computation."""
+    import torch.nn.functional as F
+
+    from recdistill.distill._response_utils import weighted_candidate_loss
+
+    torch.manual_seed(3)
+    logits = torch.randn(6, 20, dtype=torch.float64)
+    ids = torch.randint(0, 20, (6, 4))
+    ids[0, 2] = 0  # a missing candidate
+    weights = torch.rand(6, 4, dtype=torch.float64)
+    target = torch.randint(1, 20, (6,))
+    a, b = logits.clone().requires_grad_(True), logits.clone().requires_grad_(True)
+    separate = F.cross_entropy(a, target) + weighted_candidate_loss(a, ids, weights, "softmax", "mean")
+    log_probs = F.log_softmax(b, dim=1)
+    shared = F.nll_loss(log_probs, target) + weighted_candidate_loss(b, ids, weights, "softmax", "mean", log_probs)
+    assert torch.allclose(separate, shared, rtol=1e-12, atol=1e-12)
+    separate.backward()
+    shared.backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-10, atol=1e-12)
