@@ -53,7 +53,7 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
     started = time.time()
     teacher = _teacher_run(output_dir, 0, [])
     rows: list[dict[str, Any]] = []
-    earlier = _earlier_rows(output_dir, variant)
+    earlier = _earlier_rows(output_dir)
 
     def save() -> None:
         write_json(output_dir / "distill_sweep.json", _payload(_merged(earlier, rows), seeds, variant, teacher, started))
@@ -64,12 +64,12 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
             rows.append(_row("sasrec", hidden, "plain", seed,
                              _plain(output_dir, "sasrec_windows", seed, size)))
             rows.append(_row("sasrec", hidden, "distilled", seed,
-                             _distilled(output_dir, DISTILL_RECIPE, variant, seed, teacher, size)))
+                             _distilled(output_dir, DISTILL_RECIPE, variant, seed, teacher, size), variant))
             save()
         for name in students:
             rows.append(_row(name, None, "plain", seed, _plain(output_dir, name, seed, [])))
             rows.append(_row(name, None, "distilled", seed,
-                             _distilled(output_dir, f"ml100k_{name}_dllm2rec", variant, seed, teacher, [])))
+                             _distilled(output_dir, f"ml100k_{name}_dllm2rec", variant, seed, teacher, []), variant))
             save()
     payload = _payload(_merged(earlier, rows), seeds, variant, teacher, started)
     write_json(output_dir / "distill_sweep.json", payload)
@@ -81,17 +81,22 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row["student"], row["hidden_size"], row["kind"], row["seed"]
+    return row["student"], row["hidden_size"], row["kind"], row["seed"], row.get("variant")
 
 
-def _earlier_rows(output_dir: Path, variant: str) -> list[dict[str, Any]]:
-    """Rows of an earlier sweep with the same variant (kept unless this run redoes them), so the table
-    grows over several invocations (e.g. more seeds of one student)."""
+def _earlier_rows(output_dir: Path) -> list[dict[str, Any]]:
+    """Rows of earlier sweeps (kept unless this run redoes them), so the table grows over several
+    invocations: more seeds of one student, or other variants beside the plain rows they share. A
+    distilled row written before rows carried their variant gets its payload's variant."""
     path = output_dir / "distill_sweep.json"
     if not path.exists():
         return []
     payload = json.loads(path.read_text())
-    return list(payload.get("rows", [])) if payload.get("variant") == variant else []
+    rows = [dict(r) for r in payload.get("rows", [])]
+    for row in rows:
+        if row["kind"] == "distilled" and not row.get("variant"):
+            row["variant"] = payload.get("variant")
+    return rows
 
 
 def _merged(earlier: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -124,8 +129,9 @@ def _distilled(output_dir: Path, recipe: str, variant: str, seed: int, teacher: 
     return run_stage(name, output_dir / "runs" / name, inputs, lambda d: fit_distilled(recipe, d, args))
 
 
-def _row(student: str, hidden: int | None, kind: str, seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"student": student, "hidden_size": hidden, "kind": kind, "seed": seed,
+def _row(student: str, hidden: int | None, kind: str, seed: int, metrics: dict[str, Any],
+         variant: str | None = None) -> dict[str, Any]:
+    return {"student": student, "hidden_size": hidden, "kind": kind, "seed": seed, "variant": variant,
             "valid": metrics.get("valid"), "test": metrics.get("test"),
             "num_parameters": metrics.get("num_parameters"), "seconds_per_epoch": metrics.get("seconds_per_epoch"),
             "best_epoch": metrics.get("best_epoch")}
@@ -151,31 +157,39 @@ def _fmt(value: float | None, digits: int = 4) -> str:
 
 
 def render_markdown(payload: dict[str, Any]) -> str:
-    groups: dict[tuple[str, Any], dict[str, list[dict[str, Any]]]] = {}
+    """One line per student, size and variant: plain vs distilled over the seeds both have (paired)."""
+    plain_rows: dict[tuple[str, Any], list[dict[str, Any]]] = {}
+    distilled: dict[tuple[str, Any, str], list[dict[str, Any]]] = {}
     for row in payload["rows"]:
-        groups.setdefault((row["student"], row["hidden_size"]), {}).setdefault(row["kind"], []).append(row)
+        if row["kind"] == "plain":
+            plain_rows.setdefault((row["student"], row["hidden_size"]), []).append(row)
+        else:
+            key = (row["student"], row["hidden_size"], row.get("variant") or payload.get("variant"))
+            distilled.setdefault(key, []).append(row)
     teacher = payload["teacher"].get("test") or {}
     lines = [
-        f"Plain vs distilled ({payload['variant']}) on MovieLens-100K, median over each row's seeds (one "
-        f"teacher, seed 0: test NDCG@10 {_fmt(teacher.get('ndcg@10'))}); selection on validation, torch "
+        f"Plain vs distilled on MovieLens-100K, median over the seeds each pair has (one teacher, seed 0: "
+        f"test NDCG@10 {_fmt(teacher.get('ndcg@10'))}); selection on validation, torch "
         f"{payload['torch']}, CPU. Δ = median distilled − median plain; per seed in brackets. With 943 test users a "
-        "difference under about 0.01 NDCG@10 is noise. Reproduce: `recdistill bench distill-sweep`.",
+        "difference under about 0.01 NDCG@10 is noise. Reproduce: `recdistill bench distill-sweep [--variants NAME]`.",
         "",
-        "| student | hidden | seeds | params | plain test NDCG@10 | distilled test NDCG@10 | Δ (per seed) | plain valid | "
-        "distilled valid | distilled cold / rare / warm NDCG@10 | plain cold / rare / warm |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| student | hidden | variant | seeds | params | plain test NDCG@10 | distilled test NDCG@10 | Δ (per seed) | "
+        "plain valid | distilled valid | distilled cold / rare / warm NDCG@10 | plain cold / rare / warm |",
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for (student, hidden), kinds in groups.items():
-        plain, dist = kinds.get("plain", []), kinds.get("distilled", [])
+    for (student, hidden, variant), dist_all in distilled.items():
+        plain_all = plain_rows.get((student, hidden), [])
+        seeds = sorted({r["seed"] for r in plain_all} & {r["seed"] for r in dist_all})
+        plain = [r for r in plain_all if r["seed"] in seeds]
+        dist = [r for r in dist_all if r["seed"] in seeds]
         p, d = _median(plain, "test", "ndcg@10"), _median(dist, "test", "ndcg@10")
         delta = None if p is None or d is None else d - p
         params = plain[0].get("num_parameters") if plain else None
-        seeds = sorted({r["seed"] for r in plain} & {r["seed"] for r in dist})
         per_seed = [_seed_value(dist, s) - _seed_value(plain, s) for s in seeds]
         shown = "-" if delta is None else f"{delta:+.4f}" + (
             f" ({', '.join(f'{v:+.3f}' for v in per_seed)})" if len(per_seed) > 1 else "")
         lines.append(
-            f"| {student} | {hidden or 'default'} | {', '.join(map(str, seeds)) or '-'} | "
+            f"| {student} | {hidden or 'default'} | {variant} | {', '.join(map(str, seeds)) or '-'} | "
             f"{f'{params:,}' if params else '-'} | {_fmt(p)} | {_fmt(d)} | "
             f"{shown} | {_fmt(_median(plain, 'valid', 'ndcg@10'))} | "
             f"{_fmt(_median(dist, 'valid', 'ndcg@10'))} | {_slices(dist)} | {_slices(plain)} |")

@@ -53,36 +53,41 @@ def test_compress_targets_are_judged_on_the_numbers() -> None:
     assert "| sasrec | onnx_fp32 |" in markdown and "**no**" in markdown
 
 
-def test_sweep_delta_is_distilled_minus_plain_median() -> None:
-    def row(kind: str, seed: int, ndcg: float) -> dict:
+def test_sweep_delta_is_distilled_minus_plain_median_over_the_shared_seeds() -> None:
+    def row(kind: str, seed: int, ndcg: float, variant: str | None = None) -> dict:
         return {"student": "gru4rec", "hidden_size": None, "kind": kind, "seed": seed, "num_parameters": 1000,
-                "valid": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg, "cold/ndcg@10": 0.0}}
+                "variant": variant, "valid": {"ndcg@10": ndcg}, "test": {"ndcg@10": ndcg, "cold/ndcg@10": 0.0}}
 
     payload = {"variant": "v", "seeds": [0, 1, 2], "teacher": {"test": {"ndcg@10": 0.1}}, "torch": "x",
                "rows": [row("plain", 0, 0.10), row("plain", 1, 0.12), row("plain", 2, 0.11),
-                        row("distilled", 0, 0.13), row("distilled", 1, 0.11), row("distilled", 2, 0.12)]}
-    line = next(l for l in render_sweep(payload).splitlines() if l.startswith("| gru4rec"))
-    cells = [c.strip() for c in line.split("|")]
-    assert cells[3] == "0, 1, 2" and cells[5] == "0.1100" and cells[6] == "0.1200"
-    assert cells[7] == "+0.0100 (+0.030, -0.010, +0.010)"
+                        row("distilled", 0, 0.13, "v"), row("distilled", 1, 0.11, "v"), row("distilled", 2, 0.12, "v"),
+                        row("distilled", 0, 0.15, "w")]}
+    lines = [line for line in render_sweep(payload).splitlines() if line.startswith("| gru4rec")]
+    cells = [c.strip() for c in lines[0].split("|")]
+    assert cells[3] == "v" and cells[4] == "0, 1, 2" and cells[6] == "0.1100" and cells[7] == "0.1200"
+    assert cells[8] == "+0.0100 (+0.030, -0.010, +0.010)"
+    other = [c.strip() for c in lines[1].split("|")]  # variant w has seed 0 only: paired with plain seed 0
+    assert other[3] == "w" and other[4] == "0" and other[6] == "0.1000" and other[8] == "+0.0500"
 
 
-def test_sweep_keeps_earlier_rows_of_the_same_variant_unless_redone(tmp_path) -> None:
+def test_sweep_keeps_earlier_rows_unless_redone_and_labels_old_rows_with_their_variant(tmp_path) -> None:
     import json
 
     from recdistill.benchmarks.distill_sweep import _earlier_rows, _merged
 
-    def row(kind: str, seed: int, ndcg: float, student: str = "gru4rec") -> dict:
-        return {"student": student, "hidden_size": None, "kind": kind, "seed": seed, "test": {"ndcg@10": ndcg}}
+    def row(kind: str, seed: int, ndcg: float, student: str = "gru4rec", variant: str | None = None) -> dict:
+        return {"student": student, "hidden_size": None, "kind": kind, "seed": seed, "test": {"ndcg@10": ndcg},
+                **({"variant": variant} if variant else {})}
 
     old = [row("plain", 0, 0.10), row("distilled", 0, 0.12), row("plain", 0, 0.09, "caser")]
     (tmp_path / "distill_sweep.json").write_text(json.dumps({"variant": "v", "rows": old}))
-    assert _earlier_rows(tmp_path, "other variant") == []
-    earlier = _earlier_rows(tmp_path, "v")
-    merged = _merged(earlier, [row("plain", 1, 0.11), row("distilled", 0, 0.13)])
-    assert [(r["student"], r["kind"], r["seed"], r["test"]["ndcg@10"]) for r in merged] == [
-        ("gru4rec", "plain", 0, 0.10), ("caser", "plain", 0, 0.09), ("gru4rec", "plain", 1, 0.11),
-        ("gru4rec", "distilled", 0, 0.13)]
+    earlier = _earlier_rows(tmp_path)
+    assert earlier[1]["variant"] == "v" and earlier[0].get("variant") is None  # legacy distilled row labelled
+    merged = _merged(earlier, [row("plain", 1, 0.11, variant=None), row("distilled", 0, 0.13, variant="v"),
+                               row("distilled", 0, 0.14, variant="w")])
+    assert [(r["student"], r["kind"], r["seed"], r.get("variant"), r["test"]["ndcg@10"]) for r in merged] == [
+        ("gru4rec", "plain", 0, None, 0.10), ("caser", "plain", 0, None, 0.09), ("gru4rec", "plain", 1, None, 0.11),
+        ("gru4rec", "distilled", 0, "v", 0.13), ("gru4rec", "distilled", 0, "w", 0.14)]
 
 
 def test_quality_targets_over_seeds_are_judged_on_the_median() -> None:
