@@ -177,7 +177,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
         "plain valid | distilled valid | distilled cold / rare / warm NDCG@10 | plain cold / rare / warm |",
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---|",
     ]
-    for (student, hidden, variant), dist_all in distilled.items():
+    order = sorted(distilled, key=lambda k: (k[0] != "sasrec", k[0], k[1] or 0, k[2]))  # SASRec sizes first
+    for student, hidden, variant in order:
+        dist_all = distilled[(student, hidden, variant)]
         plain_all = plain_rows.get((student, hidden), [])
         seeds = sorted({r["seed"] for r in plain_all} & {r["seed"] for r in dist_all})
         plain = [r for r in plain_all if r["seed"] in seeds]
