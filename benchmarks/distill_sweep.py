@@ -53,10 +53,11 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
     started = time.time()
     teacher = _teacher_run(output_dir, 0, [])
     rows: list[dict[str, Any]] = []
-    earlier = _earlier_rows(output_dir)
 
     def save() -> None:
-        write_json(output_dir / "distill_sweep.json", _payload(_merged(earlier, rows), seeds, variant, teacher, started))
+        # merged with the file as it is now: a sweep run beside this one keeps its rows
+        write_json(output_dir / "distill_sweep.json",
+                   _payload(_merged(_earlier_rows(output_dir), rows), seeds, variant, teacher, started))
 
     for seed in seeds:
         for hidden in hidden_sizes:
@@ -71,7 +72,7 @@ def run_distill_sweep(output_dir: str | Path = "benchmarks/results", seeds: list
             rows.append(_row(name, None, "distilled", seed,
                              _distilled(output_dir, f"ml100k_{name}_dllm2rec", variant, seed, teacher, []), variant))
             save()
-    payload = _payload(_merged(earlier, rows), seeds, variant, teacher, started)
+    payload = _payload(_merged(_earlier_rows(output_dir), rows), seeds, variant, teacher, started)
     write_json(output_dir / "distill_sweep.json", payload)
     markdown = render_markdown(payload)
     write_text(output_dir / "distill_sweep.md", markdown)
