@@ -172,8 +172,8 @@ def evaluate_fusion_grid(module: Any, datamodule: Any, *, splits: Sequence[str] 
             teacher = module.score_items(user, fuse=False)
             raw_cf = module.collab_model.score(user[..., module.item_dim:])
             target, history = batch["target"].to(device), batch["history"].to(device)
-            for (alpha, count), acc in zip(grid, accs):
-                acc.update(module.fused_with(teacher, raw_cf, alpha, count), target, history, mask_seen=mask_seen)
+            for acc, (_, logits) in zip(accs, module.fused_grid(teacher, raw_cf)):
+                acc.update(logits, target, history, mask_seen=mask_seen)
         for row, acc in zip(rows, accs):
             row[which] = _sliced(acc, counts, ks)
     return rows

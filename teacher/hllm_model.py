@@ -156,12 +156,17 @@ class HLLMModelMixin:
         counts = self.hparams.get("collaborative_gate_counts") if hasattr(self, "collab_gate_count") else None
         return [(a, None if counts is None else float(c)) for c in (counts or [None]) for a in FUSION_GRID]
 
-    def fused_with(self, teacher: Tensor, raw_cf: Tensor, alpha: float, count: float | None) -> Tensor:
-        """What :meth:`score_items` returns over all items with ``fusion_alpha = alpha`` and
-        ``collab_gate_count = count``, from the LLM part's logits ``teacher`` (``fuse=False``) and the
-        collaborative model's raw logits ``raw_cf``."""
-        gate = None if count is None else (self.item_train_count / count).clamp(max=1.0)
-        return mix_logits(teacher, self._gate_collaborative(teacher, raw_cf, gate=gate), alpha)
+    def fused_grid(self, teacher: Tensor, raw_cf: Tensor):
+        """``((alpha, c_cf), logits)`` for every point of :meth:`fusion_grid`: what :meth:`score_items`
+        returns over all items with ``fusion_alpha = alpha`` and ``collab_gate_count = c_cf``, from the
+        LLM part's logits ``teacher`` (``fuse=False``) and the collaborative model's raw logits
+        ``raw_cf``; each gate is applied once, not once per alpha."""
+        gated: dict[float | None, Tensor] = {}
+        for alpha, count in self.fusion_grid():
+            if count not in gated:
+                gate = None if count is None else (self.item_train_count / count).clamp(max=1.0)
+                gated[count] = self._gate_collaborative(teacher, raw_cf, gate=gate)
+            yield (alpha, count), mix_logits(teacher, gated[count], alpha)
 
     # ------------------------------------------------------------------ scores as one dot product
     # (the signal cache stores score_factors per example and score_item_factors per item; see

@@ -135,9 +135,8 @@ class TeacherLightningModule(L.LightningModule):
         user = t.encode(batch["input_ids"])["user"][:, -1]
         teacher = t.score_items(user, fuse=False)
         raw_cf = t.collab_model.score(user[..., t.item_dim:])
-        for (alpha, count), acc in self._val_mix.items():
-            acc.update(t.fused_with(teacher, raw_cf, alpha, count), batch["target"], batch.get("history"),
-                       mask_seen=self.hp.mask_seen)
+        for key, logits in t.fused_grid(teacher, raw_cf):
+            self._val_mix[key].update(logits, batch["target"], batch.get("history"), mask_seen=self.hp.mask_seen)
 
     def on_validation_epoch_end(self) -> None:
         if self._val_mix is not None:
