@@ -33,6 +33,7 @@ from recdistill.distill.terms import (
     TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, declared_inputs, teacher_dims_for,
 )
 from recdistill.distill.registry import DISTILL_LOSSES
+from recdistill.distill.soft_targets import RowMemory, SoftTargetSource, pack_soft_targets
 from recdistill.student.tasks import SequentialFactory, SequentialRecommender
 
 ITEM_INITS = (None, "pca")
@@ -60,8 +61,9 @@ class DistilledSequentialRecommender(SequentialRecommender):
         """``signals``: folder of a teacher-signal cache (``recdistill teacher emit``); ``terms``:
         ``[{name, weight, params}]`` (see ``recdistill.distill.terms``); ``teacher_logits_memory``: bytes
         for keeping the teacher logits rebuilt from the cache (``[N+1]`` floats per example) after their
-        first rebuild, so that later epochs read them instead of recomputing ``score_user @ score_items``
-        (exact: the same rows; 0 turns it off, a cache over the budget is never kept)."""
+        first rebuild, so that later epochs read them instead of recomputing ``score_user @ score_items``,
+        and the soft-label KL's soft targets ``softmax(t/τ)`` (same size, per τ) instead of recomputing
+        them (exact: the same rows; 0 turns it off; a store that would pass the budget is not kept)."""
         super().__init__(student, num_items=num_items, lr=lr, weight_decay=weight_decay, mask_seen=mask_seen,
                          ks=ks, sampled_negatives=sampled_negatives)
         if item_embedding_init not in ITEM_INITS:
@@ -96,9 +98,9 @@ class DistilledSequentialRecommender(SequentialRecommender):
         # the teacher item table travels with the module (device moves) but is never saved
         self.register_buffer("teacher_item_table", table, persistent=False)
         self._install_item_table(item_embedding_init, embedding_fusion)
-        self._logit_rows: Tensor | None = None
-        self._logit_budget = int(teacher_logits_memory) if "teacher_logits" in self._context_keys \
-            or "teacher_target_score" in self._context_keys else 0
+        self._memory_budget = int(teacher_logits_memory)
+        self._memory_used = 0
+        self._memories: dict[Any, RowMemory | None] = {}  # "logits" / ("soft", τ) -> rows kept in memory
 
     # -- set-up ------------------------------------------------------------------------
     def _signal_dims(self, wanted: set[str], table: Tensor | None) -> dict[str, int]:
@@ -209,11 +211,15 @@ class DistilledSequentialRecommender(SequentialRecommender):
                     value = value[:, : table.shape[1]]
                 value = value.to(device)
                 ctx[key] = value.float() if value.is_floating_point() else value.long()
-        if keys & {"teacher_logits", "teacher_target_score"}:
-            covered = example_ids if everything else example_ids[valid.to(example_ids.device)]
-            logits = self._teacher_logits(covered.cpu()).to(device).float()
-            ctx["teacher_logits"] = logits
-            ctx["teacher_target_score"] = logits.gather(1, ctx["target"].long().unsqueeze(1)).squeeze(1)
+        if keys & {"teacher_logits", "teacher_target_score", "teacher_soft_targets"}:
+            covered = (example_ids if everything else example_ids[valid.to(example_ids.device)]).cpu()
+            if keys & {"teacher_logits", "teacher_target_score"}:
+                logits = self._teacher_logits(covered).to(device).float()
+                ctx["teacher_logits"] = logits
+                ctx["teacher_target_score"] = logits.gather(1, ctx["target"].long().unsqueeze(1)).squeeze(1)
+            if "teacher_soft_targets" in keys:
+                ctx["teacher_soft_targets"] = SoftTargetSource(
+                    lambda tau: self._teacher_soft_targets(covered, tau).to(device))
         if "teacher_item_emb" in keys:
             ctx["teacher_item_emb"] = self.teacher_item_table
         if keys & {"batch_item_ids", "student_item_emb_batch", "teacher_item_emb_batch"}:
@@ -223,23 +229,35 @@ class DistilledSequentialRecommender(SequentialRecommender):
             ctx["teacher_item_emb_batch"] = self.teacher_item_table[items]
         return ctx, coverage
 
+    def _row_memory(self, key: Any) -> RowMemory | None:
+        """The in-memory store ``key`` of ``[N+1]``-wide rows for every cached example (made on first
+        use), or None when it would take the memory kept for teacher rows past ``teacher_logits_memory``."""
+        if key not in self._memories:
+            count, width = len(self.signals), self.signals.num_items + 1
+            size = RowMemory.nbytes(count, width)
+            fits = self._memory_used + size <= self._memory_budget
+            self._memory_used += size if fits else 0
+            self._memories[key] = RowMemory(self.signals.example_ids(), width) if fits else None
+        return self._memories[key]
+
     def _teacher_logits(self, example_ids: Tensor) -> Tensor:
         """The teacher's logits ``[P, N+1]`` rebuilt from the cache for covered ``example_ids``; kept in
         memory after the first rebuild when all of the cache's rows fit ``teacher_logits_memory``."""
-        count, width = len(self.signals), self.signals.num_items + 1
-        if self._logit_budget <= 0 or count * width * 4 > self._logit_budget:
+        memory = self._row_memory("logits")
+        if memory is None:
             return self.signals.teacher_logits(example_ids)[0]
-        if self._logit_rows is None:  # pages are touched only as rows are filled
-            self._logit_ids = np.sort(self.signals.example_ids())
-            self._logit_rows = torch.empty(count, width)
-            self._logit_filled = torch.zeros(count, dtype=torch.bool)
-        slots = torch.from_numpy(np.searchsorted(self._logit_ids, example_ids.numpy()))
-        fresh = ~self._logit_filled[slots]
-        if bool(fresh.any()):
-            rebuilt, _ = self.signals.teacher_logits(example_ids[fresh])
-            self._logit_rows[slots[fresh]] = rebuilt.float()
-            self._logit_filled[slots[fresh]] = True
-        return self._logit_rows.index_select(0, slots)
+        return memory.rows(example_ids, lambda ids: self.signals.teacher_logits(ids)[0])
+
+    def _teacher_soft_targets(self, example_ids: Tensor, tau: float) -> Tensor:
+        """The packed soft targets ``[P, N+1]`` at ``tau`` (``soft_targets.pack_soft_targets``: column 0
+        Σ p·log p, columns 1..N p) of covered ``example_ids``; prepared once per row and kept in memory
+        when they fit the budget (after the raw logits, if a term reads those too)."""
+        raw = bool(self._context_keys & {"teacher_logits", "teacher_target_score"})
+        rebuild = self._teacher_logits if raw else (lambda ids: self.signals.teacher_logits(ids)[0])
+        memory = self._row_memory(("soft", tau))
+        if memory is None:
+            return pack_soft_targets(rebuild(example_ids), tau)
+        return memory.rows(example_ids, lambda ids: pack_soft_targets(rebuild(ids), tau))
 
     def _history(self, out: Any) -> Tensor:
         """``[P, L]`` items the student saw at each supervised position (0 elsewhere): its window up to

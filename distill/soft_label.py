@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ._response_utils import check_logits_and_ids, check_reduction, reduce_rows
 from .registry import register_loss
+from .soft_targets import SoftTargetSource, soft_target_kl
 
 __all__ = ["SoftLabelKLLoss", "ListNetLoss", "CTRSoftLabelLoss"]
 
@@ -83,6 +84,9 @@ class SoftLabelKLLoss(nn.Module):
 
     * full catalogue: ``teacher_logits [B, N+1]`` given; the softmax runs over columns 1..N
       (the padding column 0 is excluded). Teacher logits of -inf (masked items) get probability 0.
+      In a distillation recipe the module passes ``teacher_soft`` instead (a
+      :class:`~recdistill.distill.soft_targets.SoftTargetSource`: the teacher's ``softmax(t/τ)``
+      prepared once per cached row and kept in memory; same value and gradient).
     * cached top-K: ``teacher_topk_ids [B, K]`` + ``teacher_topk_scores [B, K]`` given; the
       softmax runs over the teacher's top-K items, plus the ground-truth ``target [B]`` when it is
       given (then its teacher score ``teacher_target_score [B]`` is required). The student logits
@@ -107,7 +111,7 @@ class SoftLabelKLLoss(nn.Module):
             raise ValueError(f"soft_kl source must be one of {cls.SOURCES}, got {source!r}")
         inputs = {"student_logits": "student_logits"}
         if source == "full":
-            return {**inputs, "teacher_logits": "teacher_logits"}
+            return {**inputs, "teacher_soft": "teacher_soft_targets"}
         inputs.update(teacher_topk_ids="teacher_topk_ids", teacher_topk_scores="teacher_topk_scores")
         if source == "topk_target":
             inputs.update(target="target", teacher_target_score="teacher_target_score")
@@ -133,10 +137,17 @@ class SoftLabelKLLoss(nn.Module):
         teacher_topk_scores: Optional[Tensor] = None,
         target: Optional[Tensor] = None,
         teacher_target_score: Optional[Tensor] = None,
+        teacher_soft: Optional[SoftTargetSource] = None,
     ) -> Tensor:
         tau = self.temperature
         if student_logits.dim() != 2:
             raise ValueError(f"student_logits must be [B, N+1], got shape {tuple(student_logits.shape)}")
+        if teacher_soft is not None:
+            if teacher_logits is not None or teacher_topk_ids is not None:
+                raise ValueError("pass either teacher_soft, teacher_logits or teacher_topk_ids, not several")
+            per_row = soft_target_kl(student_logits, teacher_soft.at(tau), tau) * tau**2
+            return reduce_rows(per_row, torch.full_like(per_row, student_logits.shape[1] > 1, dtype=torch.bool),
+                               self.reduction)
         if teacher_logits is not None:
             if teacher_topk_ids is not None or teacher_topk_scores is not None:
                 raise ValueError("pass either teacher_logits or teacher_topk_ids + teacher_topk_scores, not both")

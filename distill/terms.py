@@ -22,7 +22,8 @@ student side (computed from the student's own forward pass, nothing recomputed):
 teacher side (read from the signal cache; ``TEACHER_SIGNALS`` names the cache signal behind each):
   ``teacher_topk_ids`` / ``teacher_topk_scores`` [P, K] · ``teacher_hidden`` [P, D] ·
   ``teacher_layers`` [P, M, D] · ``teacher_user`` [P, D_u] · ``teacher_logits`` [P, N+1] (rebuilt
-  from the cache) · ``teacher_target_score`` [P] · ``teacher_item_emb`` [N+1, D_i] (whole table) ·
+  from the cache) · ``teacher_soft_targets`` (``SoftTargetSource``: ``at(τ)`` -> softmax(teacher_logits/τ)
+  packed with its negative entropy, prepared once per row) · ``teacher_target_score`` [P] · ``teacher_item_emb`` [N+1, D_i] (whole table) ·
   ``teacher_item_emb_batch`` [M, D_i]
 
 The module checks at set-up that the cache holds every signal a term reads and fails with the
@@ -48,6 +49,7 @@ TEACHER_SIGNALS: dict[str, str] = {
     "teacher_user": "user",
     "teacher_logits": "teacher_logits",
     "teacher_target_score": "teacher_logits",
+    "teacher_soft_targets": "teacher_logits",
     "teacher_item_emb": "item_embeddings",
     "teacher_item_emb_batch": "item_embeddings",
 }

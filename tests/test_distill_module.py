@@ -212,7 +212,7 @@ def test_teacher_logits_kept_in_memory_equal_the_rebuilt_ones(split, datamodule,
                                            terms=terms, teacher_logits_memory=0)
     ids = torch.as_tensor(kept.signals.example_ids()[[5, 1, 9, 1]])
     first = kept._teacher_logits(ids)
-    assert int(kept._logit_filled.sum()) == 3  # three distinct examples rebuilt once, then read
+    assert int(kept._memories["logits"].filled.sum()) == 3  # three distinct examples rebuilt once, then read
     assert torch.equal(kept._teacher_logits(ids), first) and torch.equal(first, fresh._teacher_logits(ids))
     batch = _batch(datamodule)
     for module in (kept, fresh):
@@ -220,3 +220,5 @@ def test_teacher_logits_kept_in_memory_equal_the_rebuilt_ones(split, datamodule,
     losses = [float(kept.training_step(batch, 0)), float(kept.training_step(batch, 0)),
               float(fresh.training_step(batch, 0))]
     assert losses[0] == losses[1] == pytest.approx(losses[2], rel=1e-6)
+    # the KL reads soft targets prepared once per row at its temperature; none kept without a budget
+    assert int(kept._memories[("soft", 2.0)].filled.sum()) > 0 and fresh._memories[("soft", 2.0)] is None

@@ -38,7 +38,7 @@ def test_declared_inputs_follow_params():
     assert "target" in declared_inputs(dllm, {}).values()
     assert "target" not in declared_inputs(dllm, {"confidence": "item"}).values()
     kl = DISTILL_LOSSES["soft_kl"]
-    assert set(declared_inputs(kl, {}).values()) == {"student_logits", "teacher_logits"}
+    assert set(declared_inputs(kl, {}).values()) == {"student_logits", "teacher_soft_targets"}
     assert "teacher_target_score" in declared_inputs(kl, {"source": "topk_target"}).values()
     with pytest.raises(ValueError, match="source must be one of"):
         declared_inputs(kl, {"source": "all"})
