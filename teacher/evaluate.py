@@ -18,6 +18,8 @@ table can put them beside the teacher: ``most_popular``, ``text_tfidf`` (TF-IDF 
 item texts, :mod:`recdistill.baselines`) and ``untuned_llm`` (cosine of the untuned LLM's
 item-text embeddings; also kept at the top level). Long-tail metrics (kept for older readers)
 are over the examples whose target item has at most ``long_tail_threshold`` training interactions.
+The teacher, its parts and the fusion grid are all scored from one LLM pass per split
+(:func:`_evaluate_parts`): each part is a rescoring of the same encoded users.
 """
 
 from __future__ import annotations
@@ -120,6 +122,16 @@ def evaluate_untuned_llm(item_text_embeddings: torch.Tensor, datamodule: Any, *,
     return out
 
 
+def _long_tail(acc: RankingAccumulator, counts: torch.Tensor, threshold: int, ks: Sequence[int]) -> dict[str, Any]:
+    """``{"num_examples", metrics...}`` over the examples whose target has <= ``threshold`` training
+    interactions (no metrics when there is none)."""
+    tail = counts[acc.targets()] <= threshold
+    entry: dict[str, Any] = {"num_examples": int(tail.sum())}
+    if bool(tail.any()):
+        entry.update(ranking_metrics_from_ranks(acc.ranks()[tail], ks))
+    return entry
+
+
 def _sliced(acc: RankingAccumulator, counts: torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
     """Overall + cold/rare/warm metrics (with counts) of an accumulator, the students' keys."""
     return sliced_ranking_metrics(acc.ranks(), acc.targets(), counts, ks)
@@ -161,22 +173,63 @@ def evaluate_fusion_grid(module: Any, datamodule: Any, *, splits: Sequence[str] 
     """An ensemble teacher at every ``(alpha, c_cf)`` of its validation search (``fusion_grid``), on
     every split and slice: what each fusion trades between cold, rare and warm targets. One
     sequence pass per split; the fusions are rescored from the two parts' logits."""
-    grid = module.fusion_grid()
+    parts = _evaluate_parts(module, datamodule, splits=splits, ks=ks, mask_seen=mask_seen, grid=True,
+                            parts=False)
+    return parts["grid"]
+
+
+def _part_logits(module: Any, user: torch.Tensor, parts: bool, grid: bool):
+    """``(name, logits)`` of every part scored from one encoded ``user`` (the chosen fusion first):
+    ``teacher`` (what ``module(x)`` returns), and with ``parts`` ``llm_only`` / ``collaborative_only``
+    (an ensemble at alpha = 1 / 0 with its chosen gate) and ``content_only`` (text vectors alone);
+    with ``grid`` each ``(alpha, c_cf)`` of the ensemble's validation search."""
+    from recdistill.teacher.collaborative import mix_logits
+
+    if parts:
+        yield "teacher", module.score_items(user)
+    ensemble = getattr(module, "fusion_alpha", None) is not None
+    if ensemble and (parts or grid):
+        teacher = module.score_items(user, fuse=False)
+        raw_cf = module.collab_model.score(user[..., module.item_dim:])
+        if parts:
+            gated = module._gate_collaborative(teacher, raw_cf)
+            yield "llm_only", mix_logits(teacher, gated, 1.0)
+            yield "collaborative_only", mix_logits(teacher, gated, 0.0)
+        if grid:
+            for key, logits in module.fused_grid(teacher, raw_cf):
+                yield key, logits
+    if parts and getattr(module, "has_content_part", lambda: False)():
+        yield "content_only", module.score_content(user)
+
+
+@torch.no_grad()
+def _evaluate_parts(module: Any, datamodule: Any, *, splits: Sequence[str], ks: Sequence[int], mask_seen: bool,
+                    long_tail_threshold: int = 10, parts: bool = True, grid: bool = True) -> dict[str, Any]:
+    """Every part of :func:`_part_logits` on ``splits`` from ONE sequence pass per split (the LLM runs
+    once per batch, every part is rescored from its output): ``{name: {split: sliced metrics,
+    "long_tail_<split>": metrics}}`` and ``"grid"``: the rows of :func:`evaluate_fusion_grid`."""
     counts = torch.from_numpy(datamodule.split.item_train_counts())
     device = next(module.parameters()).device
-    rows: list[dict[str, Any]] = [{"alpha": a, "collaborative_gate_count": c} for a, c in grid]
+    accs: dict[Any, dict[str, RankingAccumulator]] = {}
     for which in splits:
-        accs = [RankingAccumulator(ks=ks) for _ in grid]
         for batch in datamodule.dataloader(which):
             user = module.encode(batch["input_ids"].to(device))["user"][:, -1]
-            teacher = module.score_items(user, fuse=False)
-            raw_cf = module.collab_model.score(user[..., module.item_dim:])
             target, history = batch["target"].to(device), batch["history"].to(device)
-            for acc, (_, logits) in zip(accs, module.fused_grid(teacher, raw_cf)):
+            for name, logits in _part_logits(module, user, parts, grid):
+                acc = accs.setdefault(name, {}).setdefault(which, RankingAccumulator(ks=ks))
                 acc.update(logits, target, history, mask_seen=mask_seen)
-        for row, acc in zip(rows, accs):
-            row[which] = _sliced(acc, counts, ks)
-    return rows
+    out: dict[str, Any] = {"grid": []}
+    for name, by_split in accs.items():
+        entry: dict[str, Any] = {}
+        for which, acc in by_split.items():
+            entry[which] = _sliced(acc, counts, ks)
+            entry[f"long_tail_{which}"] = _long_tail(acc, counts, long_tail_threshold, ks)
+        if isinstance(name, tuple):
+            out["grid"].append({"alpha": name[0], "collaborative_gate_count": name[1],
+                                **{w: entry[w] for w in splits}})
+        else:
+            out[name] = entry
+    return out
 
 
 def evaluate_teacher(
@@ -202,49 +255,34 @@ def evaluate_teacher(
     result: dict[str, Any] = {}
     long_tail: dict[str, Any] = {"threshold": int(long_tail_threshold),
                                  "definition": "target item has <= threshold training interactions"}
+    one_pass = hasattr(module, "encode") and hasattr(module, "score_items")
+    if one_pass:  # the teacher and each of its parts from one LLM pass per split
+        parts = _evaluate_parts(module, datamodule, splits=splits, ks=ks, mask_seen=mask_seen,
+                                long_tail_threshold=long_tail_threshold,
+                                grid=getattr(module, "fusion_alpha", None) is not None)
+        scored = {which: (parts["teacher"][which], parts["teacher"][f"long_tail_{which}"]) for which in splits}
+    else:
+        parts, scored = {"grid": []}, {}
+        for which in splits:
+            acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
+            scored[which] = (_sliced(acc, counts, ks), _long_tail(acc, counts, long_tail_threshold, ks))
     for which in splits:
-        acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
-        result[which] = _sliced(acc, counts, ks)
-        ranks, targets = acc.ranks(), acc.targets()
-        tail = counts[targets] <= long_tail_threshold
-        entry: dict[str, Any] = {"num_examples": int(tail.sum())}
-        if bool(tail.any()):
-            entry.update(ranking_metrics_from_ranks(ranks[tail], ks))
-        long_tail[which] = entry
+        result[which], long_tail[which] = scored[which]
     result["long_tail"] = long_tail
     fusion: dict[str, Any] = {}
     alpha = getattr(module, "fusion_alpha", None)
     if alpha is not None:  # an ensemble teacher: each part alone, for the record
-        chosen = float(alpha)
-        fusion.update({"alpha": chosen,
+        fusion.update({"alpha": float(alpha),
                        "definition": "alpha * LLM teacher logits + (1 - alpha) * collaborative logits"})
         if hasattr(module, "collab_gate_count"):  # chosen on validation with alpha
             fusion["collaborative_gate_count"] = float(module.collab_gate_count)
-        try:
-            for name, value in (("llm_only", 1.0), ("collaborative_only", 0.0)):
-                alpha.fill_(value)
-                part: dict[str, Any] = {}
-                for which in splits:
-                    acc = _rank_split(module, datamodule.dataloader(which), ks, mask_seen)
-                    part[which] = _sliced(acc, counts, ks)
-                    tail = counts[acc.targets()] <= long_tail_threshold
-                    if bool(tail.any()):
-                        part[f"long_tail_{which}"] = ranking_metrics_from_ranks(acc.ranks()[tail], ks)
-                fusion[name] = part
-        finally:
-            alpha.fill_(chosen)
-        fusion["grid"] = evaluate_fusion_grid(module, datamodule, splits=splits, ks=ks, mask_seen=mask_seen)
-    if getattr(module, "has_content_part", lambda: False)():  # the text vectors alone (the cold-item path)
-        part = {"definition": "scale * cosine(user, text vector): no residual, collaborative part or bias"}
-        for which in splits:
-            acc = RankingAccumulator(ks=ks)
-            device = next(module.parameters()).device
-            with torch.no_grad():
-                for batch in datamodule.dataloader(which):
-                    scores = module.score_content(module.encode(batch["input_ids"].to(device))["user"][:, -1])
-                    acc.update(scores, batch["target"].to(device), batch["history"].to(device), mask_seen=mask_seen)
-            part[which] = _sliced(acc, counts, ks)
-        fusion["content_only"] = part
+        fusion["llm_only"] = parts["llm_only"]
+        fusion["collaborative_only"] = parts["collaborative_only"]
+        fusion["grid"] = parts["grid"]
+    if "content_only" in parts:  # the text vectors alone (the cold-item path)
+        fusion["content_only"] = {
+            "definition": "scale * cosine(user, text vector): no residual, collaborative part or bias",
+            **{which: parts["content_only"][which] for which in splits}}
     if fusion:
         result["fusion"] = fusion
     text_emb = getattr(module, "item_text_emb", None)  # frozen LLM item embeddings (fusion / frozen tables)

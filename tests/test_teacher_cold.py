@@ -253,8 +253,15 @@ def test_collaborative_gate_is_chosen_on_validation_with_alpha(data, dm, tiny, c
     assert brute[chosen] == pytest.approx(max(brute.values()), abs=1e-6)
     assert len({round(v, 6) for v in brute.values()}) > 1  # the grid matters on this data
     # eval reports every grid point, by slice, equal to the teacher's forward at that point
-    rows = evaluate_teacher(teacher, dm, latency=False)["fusion"]["grid"]
+    metrics = evaluate_teacher(teacher, dm, latency=False)  # every part from one LLM pass per split
+    rows = metrics["fusion"]["grid"]
     assert [(r["alpha"], r["collaborative_gate_count"]) for r in rows] == list(brute)
+    assert metrics["valid"]["ndcg@10"] == pytest.approx(brute[chosen], abs=1e-6)
+    for part, alpha in (("llm_only", 1.0), ("collaborative_only", 0.0)):  # = the forward at that alpha
+        teacher.fusion_alpha.fill_(alpha)
+        assert metrics["fusion"][part]["valid"]["ndcg@10"] == pytest.approx(_valid_ndcg10(teacher, dm), abs=1e-6)
+    teacher.fusion_alpha.fill_(chosen[0])
+    assert metrics["long_tail"]["test"]["num_examples"] == metrics["test"]["cold/count"] + metrics["test"]["rare/count"]
     for row in rows:
         assert row["valid"]["ndcg@10"] == pytest.approx(brute[(row["alpha"], row["collaborative_gate_count"])], abs=1e-6)
         assert {"cold/ndcg@10", "rare/ndcg@10", "warm/ndcg@10"} <= set(row["test"])
