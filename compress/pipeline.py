@@ -170,8 +170,9 @@ def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             model, info = reused
             print(f"[pq_joint] {name}: reusing the student trained with the same parent and settings ({folder})")
         else:
+            parent = run.parent if float(cfg.get("kd_weight", 0.0)) > 0 else None  # distil from it
             model, info = train_joint_pq(run.dm, run.parent.registry_name, init_args, num_subspaces=m,
-                                         num_centroids=k, **cfg)
+                                         num_centroids=k, parent=parent, **cfg)
             info["setting_key"] = key
             save_pq_student(model, folder, info)
         record = run.gate_torch(name, model, (out / "pq_joint" / f"m{m}_k{k}" / "model.safetensors").stat().st_size,

@@ -11,7 +11,10 @@ output layer learn through the codebooks.
 ``train_joint_pq(dm, name, init_args, M, K)`` trains exactly like ``recdistill student fit``
 (``SequentialRecommender``: full-softmax CE, Adam, validation NDCG@10 with the history masked,
 early stopping on it, the best validation epoch kept; test evaluated once, with that epoch) and
-returns the student plus ``{"valid", "test", "best_epoch", "item_table_ratio", ...}``. Any
+returns the student plus ``{"valid", "test", "best_epoch", "item_table_ratio", ...}``. With a
+``parent`` and ``kd_weight > 0`` the PQ student also learns from its fp32 parent (the model it
+replaces): ``L = CE + kd_weight · τ² · KL(softmax(parent/τ) ‖ softmax(student/τ))`` at every
+supervised position (the registered ``soft_kl``, Hinton et al. 2015; the parent frozen). Any
 registered sequential student with an ``nn.Embedding`` ``item_embedding`` works (extra rows
 such as BERT4Rec's mask token get seeded random codes). Save it with ``save_pq_student``.
 """
@@ -79,10 +82,43 @@ class _KeepBest:
         return KeepBest()
 
 
+def _parent_distilled_task(student: nn.Module, parent: nn.Module, num_items: int, *, kd_weight: float,
+                           kd_temperature: float, **task_args: Any):
+    """A ``SequentialRecommender`` whose training loss adds ``kd_weight`` x soft-label KL to the frozen
+    ``parent``'s logits at the same supervised positions (same masked inputs for a cloze student)."""
+    from recdistill.compress.recover import _parent_logits
+    from recdistill.distill import build_loss
+    from recdistill.student.tasks import SequentialRecommender
+
+    class ParentDistilled(SequentialRecommender):
+        def __init__(self) -> None:
+            super().__init__(student=student, num_items=num_items, **task_args)
+            self._parent = [parent.eval()]  # a list: not a submodule (not optimised, not saved); read under no_grad
+            self.kd = build_loss("soft_kl", temperature=kd_temperature)
+            self.cloze = getattr(student, "objective", "next_item") == "cloze"
+
+        def on_fit_start(self) -> None:
+            self._parent[0].to(self.device)
+
+        def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            out = self.task_loss(batch)
+            teacher = _parent_logits(self._parent[0], out.input_ids, out.positions, self.cloze)
+            kd = self.kd(out.logits, teacher_logits=teacher)
+            loss = out.loss + kd_weight * kd
+            size = batch["input_ids"].shape[0]
+            self.log("train/task_loss", out.loss, batch_size=size)
+            self.log("train/kd_loss", kd, batch_size=size)
+            self.log("train/loss", loss, prog_bar=True, batch_size=size)
+            return loss
+
+    return ParentDistilled()
+
+
 def train_joint_pq(dm: Any, name: str, init_args: dict[str, Any], *, num_subspaces: int = 8,
                    num_centroids: int = 64, codes: str = "svd", max_epochs: int = 200, patience: int = 20,
                    lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 0,
-                   limit_train_batches: int | float | None = None,
+                   limit_train_batches: int | float | None = None, parent: nn.Module | None = None,
+                   kd_weight: float = 0.0, kd_temperature: float = 2.0,
                    progress: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Train ``name(**init_args)`` from scratch with a RecJPQ item table on ``dm`` (a
     ``SequentialDataModule``); model selection on validation NDCG@10 (module docstring)."""
@@ -100,8 +136,16 @@ def train_joint_pq(dm: Any, name: str, init_args: dict[str, Any], *, num_subspac
     code_seconds = time.perf_counter() - started
     model = build_joint_pq_student(name, {**init_args, "num_items": split.num_items}, assigned, num_centroids,
                                    seed=seed)
-    task = SequentialRecommender(student=model, num_items=split.num_items, lr=lr, weight_decay=weight_decay,
-                                 mask_seen=True)
+    if kd_weight < 0 or kd_temperature <= 0:
+        raise ValueError(f"pq_joint: kd_weight must be >= 0 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
+    if kd_weight > 0 and parent is None:
+        raise ValueError("pq_joint: kd_weight > 0 needs the fp32 parent to distil from")
+    task_args = {"lr": lr, "weight_decay": weight_decay, "mask_seen": True}
+    if kd_weight > 0:
+        task = _parent_distilled_task(model, parent, split.num_items, kd_weight=kd_weight,
+                                      kd_temperature=kd_temperature, **task_args)
+    else:
+        task = SequentialRecommender(student=model, num_items=split.num_items, **task_args)
     keep = _KeepBest(monitor, progress)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -124,6 +168,8 @@ def train_joint_pq(dm: Any, name: str, init_args: dict[str, Any], *, num_subspac
     info = {"method": "joint (RecJPQ)", "codes": codes, "num_subspaces": num_subspaces,
             "num_centroids": num_centroids, "seed": seed, "lr": lr, "weight_decay": weight_decay,
             "max_epochs": max_epochs, "patience": patience, "best_epoch": keep.epoch,
+            "kd_weight": kd_weight, "kd_temperature": kd_temperature if kd_weight > 0 else None,
+            "teacher": "fp32 parent" if kd_weight > 0 else None,
             "epochs": trainer.current_epoch, "train_seconds": round(train_seconds, 2),
             "code_seconds": round(code_seconds, 3), "item_table_bytes_before": before,
             "item_table_bytes_after": after, "item_table_ratio": before / after,

@@ -61,15 +61,17 @@ def test_pq_joint_reuses_a_setting_trained_with_the_same_parent_and_settings(tmp
     trained = []
     real = pq_train.train_joint_pq
     monkeypatch.setattr(pq_train, "train_joint_pq",
-                        lambda *a, **kw: trained.append((kw["num_subspaces"], kw["num_centroids"])) or real(*a, **kw))
+                        lambda *a, **kw: trained.append((kw["num_subspaces"], kw["num_centroids"])) or
+                        taught.append(kw["parent"] is not None) or real(*a, **kw))
+    taught: list[bool] = []
 
-    def config(settings, lr=0.003):
+    def config(settings, lr=0.003, **extra):
         return {"data": {"dataset": str(csv), "max_len": 8, "batch_size": 32, "max_eval_batches": 1,
                          "calibration_batches": 1},
                 "gate": {"min_top10_overlap": 0.0, "max_ndcg_drop": 1.0, "max_latency_ratio": None},
                 "latency": {"runs": 2},
                 "steps": {"pq_joint": {"settings": settings, "min_item_table_ratio": 1.0, "max_epochs": 1,
-                                       "patience": 1, "lr": lr, "seed": 0}}}
+                                       "patience": 1, "lr": lr, "seed": 0, **extra}}}
 
     out = tmp_path / "out"
     first = run_compress(tmp_path / "student", config([[4, 8]]), out)
@@ -82,3 +84,6 @@ def test_pq_joint_reuses_a_setting_trained_with_the_same_parent_and_settings(tmp
     assert by_name["pq_joint_m4_k8"]["ndcg10"] == first["variants"][0]["ndcg10"]
     run_compress(tmp_path / "student", config([[4, 8]], lr=0.01), out)
     assert trained[-1] == (4, 8) and len(trained) == 3  # another learning rate: trained again
+    third = run_compress(tmp_path / "student", config([[4, 8]], kd_weight=1.0), out)  # distilled from the parent
+    assert len(trained) == 4 and taught == [False, False, False, True]
+    assert third["variants"][0]["pq"]["teacher"] == "fp32 parent"
