@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ._response_utils import check_logits_and_ids, check_reduction, reduce_rows
 from .registry import register_loss
-from .soft_targets import SoftTargetSource, soft_target_kl
+from .soft_targets import SoftTargetSource, pack_soft_targets, soft_target_kl
 
 __all__ = ["SoftLabelKLLoss", "ListNetLoss", "CTRSoftLabelLoss"]
 
@@ -31,45 +31,12 @@ def _kl_rows(teacher_scores: Tensor, student_scores: Tensor, valid: Tensor, tau:
     return terms.sum(dim=1)
 
 
-class _FullCatalogueKL(torch.autograd.Function):
-    """Per-row KL(softmax(t/τ) ‖ softmax(s/τ)) straight from teacher logits ``t`` (detached) and student
-    logits ``s``: with ``u = t/τ``, ``v = s/τ``, ``p = softmax(u)``, ``q = softmax(v)``,
-
-        KL = Σ p·(u − v) + lse(v) − lse(u),      ∂KL/∂s = (q − p) / τ      (Σ p = 1)
-
-    on the fused softmax kernel alone: ``lse(u) = max u − log p[argmax u]`` (the largest probability
-    never underflows), so no log-softmax or logsumexp pass, and the backward reuses ``q``. A teacher
-    entry of -inf gets probability 0 and contributes 0 (``u`` is clamped before the product)."""
-
-    @staticmethod
-    def forward(ctx: Any, s: Tensor, t: Tensor, tau: float) -> Tensor:
-        inv = 1.0 / tau
-        u = t * inv
-        p = torch.softmax(u, dim=1)
-        v = s * inv
-        q = torch.softmax(v, dim=1)
-        lse_gap = _log_normaliser(v, q) - _log_normaliser(u, p)
-        kl = (p * u.clamp_min_(torch.finfo(u.dtype).min / 2).sub_(v)).sum(dim=1) + lse_gap
-        ctx.save_for_backward(q, p)
-        ctx.inv = inv
-        return kl
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
-        q, p = ctx.saved_tensors
-        return (q - p).mul_((grad * ctx.inv).unsqueeze(1)), None, None
-
-
-def _log_normaliser(x: Tensor, probs: Tensor) -> Tensor:
-    """``logsumexp(x, 1)`` from ``probs = softmax(x, 1)``: ``max x − log probs[argmax x]``."""
-    top, where = x.max(dim=1, keepdim=True)
-    return (top - probs.gather(1, where).log()).squeeze(1)
-
-
 def full_catalogue_kl(teacher_logits: Tensor, student_logits: Tensor, tau: float) -> Tensor:
     """``[B]`` KL(softmax(t/τ) ‖ softmax(s/τ)) over columns 1..N (column 0 = padding left out); equal
-    to :func:`_kl_rows` with every column but 0 valid (teacher -inf entries get probability 0)."""
-    return _FullCatalogueKL.apply(student_logits[:, 1:], teacher_logits[:, 1:].detach(), tau)
+    to :func:`_kl_rows` with every column but 0 valid (teacher -inf entries get probability 0).
+    With ``u = t/τ``, ``v = s/τ``: ``KL = Σ p·log p − Σ p·v + lse(v)``, ``∂KL/∂s = (q − p)/τ``, on the
+    softmax kernel alone (:mod:`recdistill.distill.soft_targets`)."""
+    return soft_target_kl(student_logits, pack_soft_targets(teacher_logits.to(student_logits.dtype), tau), tau)
 
 
 @register_loss("soft_kl")

@@ -24,16 +24,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["pack_soft_targets", "soft_target_kl", "SoftTargetSource", "RowMemory"]
+__all__ = ["pack_soft_targets", "soft_target_kl", "log_normaliser", "SoftTargetSource", "RowMemory"]
+
+
+def log_normaliser(x: Tensor, probs: Tensor) -> Tensor:
+    """``logsumexp(x, 1)`` from ``probs = softmax(x, 1)``: ``max x − log probs[argmax x]`` (the largest
+    probability never underflows), so no second exponential pass."""
+    top, where = x.max(dim=1, keepdim=True)
+    return (top - probs.gather(1, where).log()).squeeze(1)
 
 
 def pack_soft_targets(teacher_logits: Tensor, tau: float) -> Tensor:
-    """``[P, N+1]``: column 0 ``Σ p·log p``, columns 1..N ``p = softmax(t[:, 1:] / τ)`` (fp32)."""
-    u = teacher_logits[:, 1:].float() / tau
-    log_p = torch.log_softmax(u, dim=1)
-    p = log_p.exp()
-    neg_entropy = torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=1, keepdim=True)
-    return torch.cat([neg_entropy, p], dim=1)
+    """``[P, N+1]``: column 0 ``Σ p·log p = Σ p·u − lse(u)``, columns 1..N ``p = softmax(u)``,
+    ``u = t[:, 1:] / τ`` (in the logits' floating type; -inf entries get p = 0 and add 0)."""
+    t = teacher_logits.detach()
+    t = t if t.is_floating_point() else t.float()
+    packed = torch.empty_like(t)
+    u = t[:, 1:] / tau
+    p = torch.softmax(u, dim=1)
+    packed[:, 1:] = p
+    lse = log_normaliser(u, p)
+    packed[:, 0] = torch.linalg.vecdot(p, u.clamp_min_(torch.finfo(u.dtype).min / 2)) - lse
+    return packed
 
 
 class _SoftTargetKL(torch.autograd.Function):
@@ -45,10 +57,8 @@ class _SoftTargetKL(torch.autograd.Function):
         inv = 1.0 / tau
         v = s * inv
         q = torch.softmax(v, dim=1)
-        top, where = v.max(dim=1, keepdim=True)
-        lse = (top - q.gather(1, where).log()).squeeze(1)
         p = packed[:, 1:]
-        kl = packed[:, 0] - torch.linalg.vecdot(p, v) + lse
+        kl = packed[:, 0] - torch.linalg.vecdot(p, v) + log_normaliser(v, q)
         ctx.save_for_backward(q, p)
         ctx.inv = inv
         return kl

@@ -26,7 +26,7 @@ def test_packed_soft_targets_hold_probabilities_and_negative_entropy():
     t[1, 4] = float("-inf")  # a masked item: probability 0, no contribution
     packed = pack_soft_targets(t, 2.0)
     p = torch.softmax(t[:, 1:] / 2.0, dim=1)
-    assert torch.allclose(packed[:, 1:], p.float())
+    assert packed.dtype == t.dtype and torch.allclose(packed[:, 1:], p)
     assert packed[1, 4] == 0
     row = [x for x in p[0].tolist()]
     assert packed[0, 0].item() == pytest.approx(sum(x * math.log(x) for x in row), rel=1e-5)
