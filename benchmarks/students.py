@@ -21,7 +21,11 @@ from recdistill.atomic import write_json, write_text
 from recdistill.pipeline import run_stage
 from recdistill.recipes import recipe_path
 
-SEQUENTIAL = ["sasrec", "sasrec_windows", "gru4rec", "caser", "bert4rec"]
+SEQUENTIAL = ["sasrec", "gru4rec", "caser", "bert4rec"]
+#: a student whose recipe trains with the same settings as another recipe's (comments aside) reuses
+#: that recipe's runs: ``ml100k_sasrec`` trains on every window like ``ml100k_sasrec_windows``, the
+#: teacher's collaborative part, whose runs the teacher and compression benchmarks share
+SAME_RUNS = {"sasrec": "sasrec_windows"}
 CTR = ["deepfm", "dcnv2", "din"]
 #: rows of the CTR table that are not students (``recdistill.ctr_baselines``), payload key -> label
 CTR_BASELINES = {"gbdt": "GBDT + train-only target stats", "logistic": "one-hot logistic regression"}
@@ -40,13 +44,15 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
     runs: list[dict[str, Any]] = []
     started = time.time()
     for name in names:
+        recipe = run_recipe(name)
         for seed in seeds:
-            run_dir = output_dir / "runs" / f"{name}-seed{seed}"
+            run_dir = output_dir / "runs" / f"{recipe}-seed{seed}"
             args = [f"--seed_everything={seed}", *(overrides or [])]
-            inputs = {"recipe": recipe_path(f"ml100k_{name}").read_text(), "args": args}
-            metrics = run_stage(f"{name}-seed{seed}", run_dir, inputs,
-                                lambda d, name=name, args=args: fit_student(f"ml100k_{name}", d, args))
-            runs.append({**metrics, "student": name, "architecture": metrics.get("student"), "seed": seed})
+            inputs = {"recipe": recipe_path(f"ml100k_{recipe}").read_text(), "args": args}
+            metrics = run_stage(f"{recipe}-seed{seed}", run_dir, inputs,
+                                lambda d, recipe=recipe, args=args: fit_student(f"ml100k_{recipe}", d, args))
+            runs.append({**metrics, "student": name, "recipe": f"ml100k_{recipe}", "architecture": metrics.get("student"),
+                         "seed": seed})
             write_json(output_dir / "students.json", _payload(runs, seeds, started))
     datamodule = SequentialDataModule(dataset="movielens-100k")
     popular = {split: most_popular_metrics(datamodule, split) for split in ("valid", "test")}
@@ -58,6 +64,21 @@ def run_student_benchmark(output_dir: str | Path, students: list[str] | None = N
     if readme is not None:
         update_readme(readme, markdown)
     return payload
+
+
+def same_settings(first: str, second: str) -> bool:
+    """Whether two recipes (names without ``ml100k_``) hold the same settings once parsed (comments aside)."""
+    import yaml
+
+    return yaml.safe_load(recipe_path(f"ml100k_{first}").read_text()) == \
+        yaml.safe_load(recipe_path(f"ml100k_{second}").read_text())
+
+
+def run_recipe(name: str) -> str:
+    """The recipe whose runs stand for student ``name``: its own, or :data:`SAME_RUNS`'s when the two
+    recipes hold the same settings."""
+    other = SAME_RUNS.get(name)
+    return other if other is not None and same_settings(name, other) else name
 
 
 def run_ctr_baselines(dataset: str = "movielens-100k") -> dict[str, dict[str, Any]]:
@@ -119,12 +140,20 @@ def _median(runs: list[dict[str, Any]], *path: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _shared_recipes(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """``{student: recipe}`` for the rows trained from another recipe with the same settings."""
+    return {r["student"]: r["recipe"] for r in runs
+            if r.get("recipe") not in (None, f"ml100k_{r['student']}")}
+
+
 def render_markdown(payload: dict[str, Any]) -> str:
     seeds = payload["seeds"]
     lines = [
         f"Students on MovieLens-100K ({payload['protocol']}); median over seeds {seeds}, torch "
         f"{payload['torch']}, CPU. s/epoch is wall time per epoch including validation, with the "
-        f"torch thread count of each run. Reproduce: `make bench`.",
+        f"torch thread count of each run. Reproduce: `make bench`."
+        + "".join(f" The {name} row's runs are `{recipe}`'s (the same settings as `ml100k_{name}`)."
+                  for name, recipe in _shared_recipes(payload["runs"]).items()),
         "",
         "| model | valid NDCG@10 | test HR@10 | test NDCG@10 | test MRR@10 | params | s/epoch | threads | epochs |",
         "|---|---|---|---|---|---|---|---|---|",

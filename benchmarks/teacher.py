@@ -121,8 +121,8 @@ def _students_reference(output_dir: Path) -> dict[str, Any]:
         return {}
     payload = json.loads(path.read_text())
     out: dict[str, Any] = {"most_popular": payload.get("most_popular")}
-    for name in ("sasrec", COLLABORATIVE):
-        runs = [r for r in payload["runs"] if r["student"] == name]
+    for name in ("sasrec", COLLABORATIVE):  # by the recipe that trained the runs (older payloads: the student's)
+        runs = [r for r in payload["runs"] if r.get("recipe", f"ml100k_{r['student']}") == f"ml100k_{name}"]
         if runs:
             out[name] = {"seeds": [r["seed"] for r in runs], "valid_ndcg@10": [r["valid"]["ndcg@10"] for r in runs],
                          "test_ndcg@10": [r["test"]["ndcg@10"] for r in runs],

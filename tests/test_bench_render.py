@@ -115,3 +115,19 @@ def test_quality_targets_over_seeds_are_judged_on_the_median() -> None:
     assert size["value"] == 0.2 and size["met"] is True
     table = render_markdown(payload)
     assert "| pruned + recovered NDCG@10 / unpruned | >= 0.97 | 0.900 | 0.990 | 0.975 | 0.975 | 2/3 |" in table
+
+
+def test_students_bench_reuses_the_runs_of_a_recipe_with_the_same_settings() -> None:
+    """``ml100k_sasrec`` and ``ml100k_sasrec_windows`` differ only in comments: the students benchmark's
+    SASRec row uses the runs the teacher benchmark trains; a recipe of its own is trained as itself."""
+    from recdistill.benchmarks.students import render_markdown, run_recipe, same_settings
+
+    assert same_settings("sasrec", "sasrec_windows") and not same_settings("sasrec", "gru4rec")
+    assert run_recipe("sasrec") == "sasrec_windows" and run_recipe("gru4rec") == "gru4rec"
+    metrics = {"task": "sequential", "valid": {"ndcg@10": 0.12}, "test": {"hr@10": 0.2, "ndcg@10": 0.11, "mrr@10": 0.08},
+               "num_parameters": 10, "seconds_per_epoch": 1.0, "threads": 1, "epochs": 3}
+    payload = {"seeds": [0], "protocol": "p", "torch": "t", "most_popular": None, "ctr_baselines": None,
+               "runs": [{**metrics, "student": "sasrec", "recipe": "ml100k_sasrec_windows"},
+                        {**metrics, "student": "gru4rec", "recipe": "ml100k_gru4rec"}]}
+    text = render_markdown(payload)
+    assert "The sasrec row's runs are `ml100k_sasrec_windows`'s" in text and "gru4rec row's" not in text

@@ -70,3 +70,20 @@ def test_legacy_runs_keep_the_long_tail_column_and_dash_the_slices():
     assert "long tail (cold+rare, n=47)" in header and "cold test NDCG@10 |" in header
     hybrid = next(line for line in table.splitlines() if "hybrid teacher" in line).split(" | ")
     assert hybrid[4:8] == ["-", "-", "-", "0.0120"]
+
+
+def test_students_reference_follows_the_recipe_that_trained_the_runs(tmp_path):
+    """A students payload whose SASRec row was trained by ``ml100k_sasrec_windows`` (the same settings)
+    feeds the teacher table's collaborative-part row, not the former last-window row."""
+    import json
+
+    from recdistill.benchmarks.teacher import COLLABORATIVE, _students_reference
+
+    run = {"seed": 0, "valid": {"ndcg@10": 0.12}, "test": {"ndcg@10": 0.11, "hr@10": 0.2}}
+    payload = {"most_popular": None, "runs": [{**run, "student": "sasrec", "recipe": "ml100k_sasrec_windows"}]}
+    (tmp_path / "students.json").write_text(json.dumps(payload))
+    ref = _students_reference(tmp_path)
+    assert "sasrec" not in ref and ref[COLLABORATIVE]["test_ndcg@10"] == [0.11]
+    payload["runs"] = [{**run, "student": "sasrec"}]  # older payloads: the student's own recipe
+    (tmp_path / "students.json").write_text(json.dumps(payload))
+    assert _students_reference(tmp_path)["sasrec"]["seeds"] == [0]
