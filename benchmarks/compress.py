@@ -65,8 +65,7 @@ def compress_config(name: str) -> dict[str, Any]:
     steps.pop("pq_joint", None)  # its own stage (``pq_config``): retrains students, reused separately
     if name in CTR:
         steps.pop("recover")  # recovery fine-tuning is implemented for sequential students only
-        steps["onnx"]["item_table"] = []
-        steps.pop("pq")
+        steps.pop("pq")  # the int8 item-table schemes apply to every field table (compress/int8_onnx.py)
     return config
 
 
@@ -176,6 +175,7 @@ def _quality_only(output_dir: Path, names: list[str], earlier: dict[str, Any], p
         for seed in seeds:
             summary = _compress_run(output_dir, name, seed, _parent_run(output_dir, name, seed))
             per_seed[str(seed)] = {"run_dir": summary["run_dir"], "parent_ndcg10": summary["parent"].get("ndcg@10"),
+                                   "parent_auc": summary["parent"].get("auc"),
                                    "measures": [list(m) for m in quality_measures(summary)]}
             write_json(output_dir / "compress.json", payload)  # a seed at a time: nothing lost if killed
     return _finish(output_dir, payload, readme, started)

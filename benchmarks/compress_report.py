@@ -36,31 +36,55 @@ def best_int8(entry: dict[str, Any]) -> str:
     return choice if choice else "onnx_int8_dynamic"
 
 
+def _metric(compress: dict[str, Any]) -> tuple[str, str]:
+    """``(variant key, label)`` of the quality metric of a compress run: NDCG@10 (sequential) or AUC (CTR)."""
+    variants = compress.get("variants") or [{}]
+    return ("ndcg10", "NDCG@10") if any("ndcg10" in v for v in variants) else ("auc", "AUC")
+
+
 def quality_measures(compress: dict[str, Any]) -> list[tuple[str, float, str, bool]]:
     """The quality and size targets of one compress run (``compress.json``): ``(label, value, limit,
-    met)`` for the int8 artefact covering the item table, the pruned + recovered student and
-    pruned + int8."""
+    met)`` for the int8 artefact covering the item table, the pruned (+ recovered) student and
+    pruned + int8; quality is NDCG@10 for a sequential student and AUC for a CTR one."""
     entry = {"compress": compress}
+    key, metric = _metric(compress)
     out: list[tuple[str, float, str, bool]] = []
+
+    def ratio(variant: dict[str, Any], parent: dict[str, Any] | None = None) -> float:
+        """``variant / its parent`` on the metric (the gate's own ratio when it recorded one), or against
+        the parent recorded on another variant ``parent``."""
+        if parent is None and f"{key}_ratio" in variant:
+            return variant[f"{key}_ratio"]
+        return variant[key] / (parent or variant)[f"parent_{key}"]
+
     int8 = _variant(entry, best_int8(entry))
     if int8:
         out += [(f"{int8['name']} file / fp32 file", int8["size_ratio"], "<= 0.3", int8["size_ratio"] <= 0.3),
-                (f"{int8['name']} NDCG@10 / fp32", int8["ndcg10_ratio"], ">= 0.98", int8["ndcg10_ratio"] >= 0.98),
-                (f"{int8['name']} top-10 overlap", int8["top10_overlap"], ">= 0.9", int8["top10_overlap"] >= 0.9)]
+                (f"{int8['name']} {metric} / fp32", ratio(int8), ">= 0.98", ratio(int8) >= 0.98)]
+        if "top10_overlap" in int8:
+            out.append((f"{int8['name']} top-10 overlap", int8["top10_overlap"], ">= 0.9", int8["top10_overlap"] >= 0.9))
     rec = _variant(entry, "pruned_recovered")
+    label = "pruned + recovered"
+    if rec is None:  # no recovery step (the CTR recipes): the pruned student itself
+        rec, label = _variant(entry, "pruned"), "pruned"
     if rec:
         share = rec["params"] / rec["parent_params"]
-        out += [("pruned + recovered parameters / unpruned", share, "<= 0.5", share <= 0.5),
-                ("pruned + recovered NDCG@10 / unpruned", rec["ndcg10_ratio"], ">= 0.97", rec["ndcg10_ratio"] >= 0.97)]
+        out += [(f"{label} parameters / unpruned", share, "<= 0.5", share <= 0.5),
+                (f"{label} {metric} / unpruned", ratio(rec), ">= 0.97", ratio(rec) >= 0.97)]
     pint8, fp32 = _variant(entry, "onnx_pruned_int8"), _variant(entry, "onnx_fp32")
     if pint8 and fp32:
-        size, quality = pint8["size_bytes"] / fp32["size_bytes"], pint8["ndcg10"] / fp32["parent_ndcg10"]
+        size, quality = pint8["size_bytes"] / fp32["size_bytes"], ratio(pint8, fp32)
         out += [("pruned + int8 file / fp32 file", size, "<= 0.25", size <= 0.25),
-                ("pruned + int8 NDCG@10 / unpruned fp32", quality, ">= 0.97", quality >= 0.97)]
+                (f"pruned + int8 {metric} / unpruned fp32", quality, ">= 0.97", quality >= 0.97)]
     return out
 
 
-def quality_seeds_targets(seeds: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+#: how a student is named in the tables, and the run folder of its plain parent per seed
+DISPLAY = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser", "bert4rec": "BERT4Rec", "deepfm": "DeepFM",
+           "dcnv2": "DCN-v2", "din": "DIN"}
+
+
+def quality_seeds_targets(seeds: dict[str, dict[str, Any]], student: str = "sasrec") -> list[dict[str, Any]]:
     """Each quality target over seeds (``quality_seeds``: seed -> ``{"measures": [[label, value,
     limit, met], ...]}``), judged on the median, with every seed's value in the label."""
     import statistics
@@ -75,32 +99,36 @@ def quality_seeds_targets(seeds: dict[str, dict[str, Any]]) -> list[dict[str, An
         bound = float(limit.split()[-1])
         met = median <= bound if limit.startswith("<=") else median >= bound
         values = ", ".join(f"{rows[s][1]:.3f}" for s in rows)
-        targets.append({"target": f"SASRec {label}, median over seeds {', '.join(rows)} ({values})",
+        targets.append({"target": f"{DISPLAY.get(student, student)} {label}, median over seeds {', '.join(rows)} "
+                                  f"({values})",
                         "value": median, "limit": limit, "met": met,
                         "seeds_met": sum(bool(m[3]) for m in rows.values()), "seeds": len(rows)})
     return targets
 
 
-def render_quality_seeds(seeds: dict[str, dict[str, Any]]) -> list[str]:
-    """Markdown lines: SASRec's quality and size measures per seed (each seed against its own parent)."""
+def render_quality_seeds(seeds: dict[str, dict[str, Any]], student: str = "sasrec") -> list[str]:
+    """Markdown lines: a student's quality and size measures per seed (each seed against its own parent)."""
     if len(seeds) < 2:
         return []
     order = sorted(seeds, key=int)
-    labels = list(dict.fromkeys(m[0] for s in order for m in seeds[s]["measures"]))
-    lines = ["", f"SASRec compression over seeds {', '.join(order)} (each seed: the compress recipe on its own "
-             "plain parent, `sasrec_windows-seed<s>`; quality on the test split; judged on the median):", "",
+    display = DISPLAY.get(student, student)
+    parent = "sasrec_windows" if student == "sasrec" else student
+    metric = "NDCG@10" if any("NDCG@10" in m[0] for s in order for m in seeds[s]["measures"]) else "AUC"
+    lines = ["", f"{display} compression over seeds {', '.join(order)} (each seed: the compress recipe on its own "
+             f"plain parent, `{parent}-seed<s>`; quality on the test split; judged on the median):", "",
              "| measure | limit | " + " | ".join(f"seed {s}" for s in order) + " | median | seeds meeting it |",
              "|---|---|" + "---:|" * len(order) + "---:|---:|"]
-    for target in quality_seeds_targets(seeds):
-        label = target["target"].split(", median over seeds")[0].removeprefix("SASRec ")
+    for target in quality_seeds_targets(seeds, student):
+        label = target["target"].split(", median over seeds")[0].removeprefix(f"{display} ")
         cells = []
         for s in order:
             m = next((m for m in seeds[s]["measures"] if m[0] == label), None)
             cells.append("-" if m is None else f"{m[1]:.3f}")
         lines.append(f"| {label} | {target['limit']} | " + " | ".join(cells) +
                      f" | {target['value']:.3f} | {target['seeds_met']}/{target['seeds']} |")
-    parents = ", ".join(f"seed {s} {seeds[s]['parent_ndcg10']:.4f}" for s in order if seeds[s].get("parent_ndcg10"))
-    return lines + ["", f"fp32 parents' test NDCG@10: {parents}."]
+    key = "parent_ndcg10" if metric == "NDCG@10" else "parent_auc"
+    parents = ", ".join(f"seed {s} {seeds[s][key]:.4f}" for s in order if seeds[s].get(key))
+    return lines + ["", f"fp32 parents' test {metric}: {parents}."] if parents else lines
 
 
 def check_targets(payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -231,7 +259,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
             elif "skipped" in t:
                 lines.append(f"| {label} | - | - | {t['skipped']} |")
     lines += render_pq_seeds((payload.get("pq_seeds") or {}).get("sasrec") or {})
-    lines += render_quality_seeds((payload.get("quality_seeds") or {}).get("sasrec") or {})
+    quality = payload.get("quality_seeds") or {}
+    for student in sorted(quality, key=lambda n: list(DISPLAY).index(n) if n in DISPLAY else len(DISPLAY)):
+        lines += render_quality_seeds(quality[student], student)
     lines += ["", "| target | value | limit | met |", "|---|---:|---|---|"]
     for t in payload.get("targets", []):
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")

@@ -11,6 +11,10 @@
   the whole table);
 - ``none`` (or a student without an item table): dynamic int8 of MatMul/Gemm only.
 
+A CTR student's embedding tables are its field tables: ``per_row`` stores every one of at least 8
+columns as per-row int8 (``quantize_embeddings``; nothing to rewire: no layer scores against them),
+``per_tensor`` quantizes their Gathers with ONNX Runtime; MatMul/Gemm are dynamic int8 either way.
+
 ``topk_agreement(reference, candidate)`` runs both files with ONNX Runtime on the same seeded
 inputs over a grid of batch and sequence sizes: the mean top-K overlap of the logits (sequential),
 of the returned ids (serving graph), or the largest probability difference (CTR).
@@ -27,7 +31,7 @@ import numpy as np
 from torch import nn
 
 from recdistill.compress.onnx_quant import quantize_dynamic_onnx, unfold_int8_item_table
-from recdistill.compress.quantize import quantize_item_table
+from recdistill.compress.quantize import quantize_embeddings, quantize_item_table
 
 ITEM_TABLE_SCHEMES = ("per_row", "per_tensor", "none")
 AGREEMENT_SHAPES = ((1, 50), (32, 50), (8, 12))
@@ -35,6 +39,15 @@ AGREEMENT_SHAPES = ((1, 50), (32, 50), (8, 12))
 
 def has_item_table(model: nn.Module) -> bool:
     return isinstance(getattr(model, "item_embedding", None), nn.Embedding)
+
+
+def is_ctr(model: nn.Module) -> bool:
+    return getattr(model, "objective", None) == "ctr"
+
+
+def has_embedding_tables(model: nn.Module) -> bool:
+    """An item table (sequential) or any embedding table (CTR field tables)."""
+    return has_item_table(model) or (is_ctr(model) and any(isinstance(m, nn.Embedding) for m in model.modules()))
 
 
 def int8_onnx(model: nn.Module, fp32_path: str | Path, dst: str | Path, *, item_table: str = "per_row") -> dict[str, Any]:
@@ -45,6 +58,8 @@ def int8_onnx(model: nn.Module, fp32_path: str | Path, dst: str | Path, *, item_
     if item_table not in ITEM_TABLE_SCHEMES:
         raise ValueError(f"item_table must be one of {ITEM_TABLE_SCHEMES}, got {item_table!r}")
     dst = Path(dst)
+    if is_ctr(model) and item_table != "none" and has_embedding_tables(model):
+        return _ctr_int8(model, fp32_path, dst, item_table)
     if item_table == "none" or not has_item_table(model):
         config = quantize_dynamic_onnx(fp32_path, dst)
         config["item_table"] = "not quantized" if has_item_table(model) else "no item table"
@@ -62,6 +77,22 @@ def int8_onnx(model: nn.Module, fp32_path: str | Path, dst: str | Path, *, item_
     config["item_table"] = ("per-row int8 QuantizedEmbedding (compress/quantize.py) for the item table and every "
                             "other embedding table; scoring reads the same int8 item table, dequantized per row in "
                             "the graph")
+    return config
+
+
+def _ctr_int8(model: nn.Module, fp32_path: str | Path, dst: Path, scheme: str) -> dict[str, Any]:
+    """A CTR student's int8 file with its embedding tables quantized (module docstring)."""
+    from recdistill.export import export_onnx
+
+    if scheme == "per_tensor":
+        config = quantize_dynamic_onnx(fp32_path, dst, operators=("MatMul", "Gemm", "Gather"))
+        config["item_table"] = "every embedding table: per-tensor int8 Gather (ONNX Runtime dynamic quantization)"
+        return config
+    with tempfile.TemporaryDirectory(prefix="recdistill-int8-") as scratch:
+        per_row = export_onnx(quantize_embeddings(model), Path(scratch) / "per_row_fp32.onnx").path
+        config = quantize_dynamic_onnx(per_row, dst)
+    config["item_table"] = ("every embedding table of at least 8 columns: per-row int8 QuantizedEmbedding "
+                            "(compress/quantize.py); narrower ones stay fp32")
     return config
 
 

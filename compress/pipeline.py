@@ -37,7 +37,7 @@ from torch import nn
 
 from recdistill.atomic import sha256_file, write_json
 from recdistill.compress import gate as G
-from recdistill.compress.int8_onnx import has_item_table, int8_onnx
+from recdistill.compress.int8_onnx import has_embedding_tables, has_item_table, int8_onnx
 from recdistill.compress.onnx_quant import convert_fp16, quantize_dynamic_onnx, quantize_static_onnx
 from recdistill.compress.pq import pq_compress, save_pq_student
 from recdistill.compress.prune import count_params, prune_student
@@ -281,7 +281,7 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
         if cfg.get("fp16", True):
             c = convert_fp16(src, onnx_dir / "fp16.onnx")
             run.gate_onnx("onnx_fp16", onnx_dir / "fp16.onnx", {"quantization": c})
-        table = list(cfg.get("item_table", [])) if has_item_table(parent) or not ctr else []
+        table = list(cfg.get("item_table", [])) if has_embedding_tables(parent) or not ctr else []
         candidates = []
         for scheme in table:
             name = f"onnx_int8_item_table_{scheme}"
@@ -289,8 +289,8 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
                 raise ValueError(f"item_table scheme must be per_tensor or per_row, got {scheme!r}")
             c = int8_onnx(parent, src, onnx_dir / f"{name}.onnx", item_table=scheme)
             candidates.append(run.gate_onnx(name, onnx_dir / f"{name}.onnx", {"quantization": c}))
-        if candidates:
-            summary["item_table_choice"] = G.pick_best(candidates)
+        if candidates:  # CTR: the passing one with the best AUC (no top-10 to agree on)
+            summary["item_table_choice"] = G.pick_best(candidates, key="auc" if ctr else "top10_overlap")
         if pruned is not None and cfg.get("pruned_int8", True):
             fp32 = run.export(pruned, onnx_dir / "pruned_fp32.onnx")
             scheme = "per_row" if "per_row" in table else "none"  # the item table too, as for the parent

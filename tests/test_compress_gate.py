@@ -83,9 +83,15 @@ def test_run_compress_on_a_ctr_student(tmp_path):
     summary = run_compress(tmp_path / "student", {
         "data": {"dataset": str(csv), "max_eval_batches": 1, "calibration_batches": 1},
         "gate": {"max_auc_drop": 1.0}, "latency": {"runs": 3},
-        "steps": {"prune": {"ratio": 0.5}, "recover": {}, "onnx": {"static_int8": False, "fp16": False},
+        "steps": {"prune": {"ratio": 0.5}, "recover": {},
+                  "onnx": {"static_int8": False, "fp16": False, "item_table": ["per_tensor", "per_row"]},
                   "pq": {}}}, tmp_path / "out")
     names = [r["name"] for r in summary["variants"]]
-    assert names == ["pruned", "onnx_fp32", "onnx_int8_dynamic", "onnx_pruned_int8"]
+    assert names == ["pruned", "onnx_fp32", "onnx_int8_dynamic", "onnx_int8_item_table_per_tensor",
+                     "onnx_int8_item_table_per_row", "onnx_pruned_int8"]
     assert all("auc_delta" in r and r["passed"] for r in summary["variants"])
+    # the field tables are the CTR student's embedding tables: quantized, and the better passing scheme named
+    assert summary["item_table_choice"]["chosen"] in names[3:5] and "highest auc" in summary["item_table_choice"]["why"]
+    per_row = next(r for r in summary["variants"] if r["name"] == "onnx_int8_item_table_per_row")
+    assert "per-row" in per_row["quantization"]["item_table"]
     assert "sequential students only" in summary["notes"]["recover"] and "no item table" in summary["notes"]["pq"]
