@@ -125,6 +125,9 @@ class SequentialRecommender(L.LightningModule):
         self._counts_given = item_train_counts is not None
         self._negative_generator: torch.Generator | None = None
         self._sums: dict[str, dict[str, torch.Tensor]] = {}
+        # one left-padded sequence: Lightning's model summary runs it to count FLOPs and show the shapes
+        length = int(getattr(self.student, "max_len", None) or 50)
+        self.example_input_array = torch.zeros(1, length, dtype=torch.long).index_fill_(1, torch.tensor([length - 1]), 1)
 
     def setup(self, stage: str) -> None:
         """Read the per-item training counts from the trainer's data module (unless given)."""
@@ -291,6 +294,9 @@ class CTRRecommender(L.LightningModule):
         )
         self.lr, self.weight_decay = lr, weight_decay
         self._outputs: dict[str, list[torch.Tensor]] = {}
+        # one row of field ids 0, zero dense features and a one-item history: the model summary's FLOPs
+        self.example_input_array = (torch.zeros(1, len(field_dims), dtype=torch.long),
+                                    torch.zeros(1, dense_dim), torch.zeros(1, 1, dtype=torch.long))
 
     def forward(self, sparse: torch.Tensor, dense: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
         return self.student(sparse, dense, history)
