@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SEEDS  ?= 0 1 2
 
-.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-sweep bench-compress bench-compress-seeds bench-faults bench-kar clean
+.PHONY: setup quickstart test bench bench-teacher bench-distill bench-distill-cost bench-distill-sweep bench-compress bench-compress-seeds bench-faults bench-kar clean
 
 $(STAMP): pyproject.toml constraints/cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench-teacher: $(STAMP)
 # Vanilla vs distilled students from one teacher cache (reuses the runs above when they exist).
 bench-distill: $(STAMP)
 	$(BIN)/recdistill bench distill --output-dir benchmarks/results --seeds $(SEEDS) --update-readme README.md
+
+# CPU cost of a distillation epoch vs a plain one (first and steady epoch; run it on an idle machine).
+bench-distill-cost: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/recdistill bench distill-cost --output-dir benchmarks/results --update-readme README.md
 
 # The best distillation on SASRec hidden 16/32/64 (+ --students gru4rec caser bert4rec).
 bench-distill-sweep: $(STAMP)

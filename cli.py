@@ -12,6 +12,7 @@
     recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--dataset planted] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
+    recdistill bench distill-cost [--signals DIR] [--variants NAME ...] [--update-readme README.md]
     recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--students gru4rec] [--hidden-sizes 64] [--update-readme README.md]
     recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only | --quality-only] [--update-readme README.md]
     recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--signals DIR] [--update-readme README.md]
@@ -124,6 +125,12 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
                                parent_max_epochs=args.parent_max_epochs, pq_only=args.pq_only,
                                pq_seeds=args.seeds if args.pq_only else None,
                                quality_seeds=args.seeds if args.quality_only else None)
+        return 0
+    if args.suite == "distill-cost":
+        from recdistill.benchmarks.distill_cost import DEFAULT_SIGNALS, run_epoch_cost_benchmark
+
+        run_epoch_cost_benchmark(args.output_dir, signals=args.signals or DEFAULT_SIGNALS, variants=args.variants,
+                                 readme=args.update_readme)
         return 0
     if args.suite == "distill-sweep":
         from recdistill.benchmarks.distill_sweep import OTHER_STUDENTS, run_distill_sweep
@@ -238,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     teacher.set_defaults(handler=_teacher)
 
     bench = commands.add_parser("bench", help="benchmarks that write JSON + Markdown")
-    bench.add_argument("suite", choices=["students", "teacher", "distill", "distill-sweep", "compress", "faults", "kar"])
+    bench.add_argument("suite", choices=["students", "teacher", "distill", "distill-cost", "distill-sweep", "compress", "faults",
+                                         "kar"])
     bench.add_argument("--output-dir", default="benchmarks/results")
     bench.add_argument("--students", nargs="*", default=None)
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
@@ -253,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compress: skip the teacher-to-student latency rows")
     bench.add_argument("--parent-max-epochs", type=int, default=None,
                        help="compress: cap the training of parents not trained yet (recorded per student)")
-    bench.add_argument("--signals", default=None, help="kar: the ml100k_teacher_ctr signal cache folder")
+    bench.add_argument("--signals", default=None, help="kar: the ml100k_teacher_ctr signal cache folder; distill-cost: the "
+                       "teacher cache (default: bench distill's seed-0 teacher)")
     bench.add_argument("--pq-only", action="store_true",
                        help="compress: re-run only the PQ stage (post-hoc PQ + RecJPQ joint training) of --students, "
                             "on the plain parent of every --seeds (the first seed's row is the table's)")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -145,84 +144,6 @@ def screen_variant(name: str, seed: int = 0, output_dir: str | Path = "benchmark
     return metrics
 
 
-EPOCH_COST_VARIANTS = ["DLLM2Rec ranking (top-10)", "DLLM2Rec ranking + embedding",
-                       "soft-label KL (full catalogue, tau 2)", "hidden-state (cosine)"]
-
-
-def measure_epoch_cost(signals: str | Path, variants: list[str] | None = None, repeats: int = 3,
-                       recipe: str = DISTILL_RECIPE, output: str | Path | None = None,
-                       epochs: int = 1) -> dict[str, Any]:
-    """Seconds of one training epoch (no validation) of the plain student and of each distilled
-    variant, measured back to back in this process and alternated ``repeats`` times, so that a
-    shared machine's load hits every configuration alike; reports wall and CPU seconds (this
-    process's, robust to other jobs on the machine), medians, ratios to plain and the 1-minute load
-    average before and after. ``output``: also write the result there as JSON.
-    ``epochs > 1`` trains that many epochs and times the last one only (what a cache filled in the
-    first epoch saves later); ``epochs = 1`` times the whole ``fit`` of one epoch, as before."""
-    import os
-
-    import lightning as L
-
-    from recdistill.distill.module import DistilledSequentialRecommender
-    from recdistill.student.fit import read_recipe
-    from recdistill.data import SequentialDataModule
-    from recdistill.student import build_student
-    from recdistill.student.tasks import SequentialRecommender
-
-    config = read_recipe(recipe_path(recipe))
-    datamodule = SequentialDataModule(**config["data"])
-    student_args = config["model"]["student"]["init_args"]
-    names = ["plain", *(variants or EPOCH_COST_VARIANTS)]
-    load_before = os.getloadavg()[0]
-
-    def one_epoch(name: str) -> float:
-        L.seed_everything(0, verbose=False)
-        student = build_student("sasrec", num_items=datamodule.num_items, **student_args)
-        if name == "plain":
-            module = SequentialRecommender(student)
-        else:
-            model = _override_model(config["model"], VARIANTS[name])
-            module = DistilledSequentialRecommender(student, signals=str(signals), num_items=datamodule.num_items,
-                                                    terms=model.get("terms") or [],
-                                                    embedding_fusion=model.get("embedding_fusion"),
-                                                    item_embedding_init=model.get("item_embedding_init"))
-        class Clock(L.Callback):
-            def on_train_epoch_start(self, *_: Any) -> None:
-                self.started = (time.perf_counter(), time.process_time())
-
-            def on_train_epoch_end(self, *_: Any) -> None:
-                self.last = (time.perf_counter() - self.started[0], time.process_time() - self.started[1])
-
-        clock = Clock()
-        trainer = L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock])
-        start = (time.perf_counter(), time.process_time())
-        trainer.fit(module, datamodule=datamodule)
-        whole = (time.perf_counter() - start[0], time.process_time() - start[1])
-        return whole if epochs == 1 else clock.last
-
-    seconds: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        for name in names:
-            wall, used = one_epoch(name)
-            seconds[name].append(round(wall, 3))
-            cpu[name].append(round(used, 3))
-    plain = statistics.median(seconds["plain"])
-    result = {"threads": torch.get_num_threads(), "repeats": repeats, "seconds": seconds,
-              "median_seconds": {name: statistics.median(v) for name, v in seconds.items()},
-              "ratio_to_plain": {name: round(statistics.median(v) / plain, 3) for name, v in seconds.items()},
-              # CPU seconds of this process: what the configuration costs, without the other jobs' share
-              "cpu_seconds": cpu, "cpu_ratio_to_plain": {
-                  name: round(statistics.median(v) / statistics.median(cpu["plain"]), 3) for name, v in cpu.items()},
-              "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
-              "cpus": os.cpu_count(), "torch": torch.__version__, "epochs": epochs,
-              "timed": "whole fit of one epoch" if epochs == 1 else f"epoch {epochs} of {epochs}"}
-    if output is not None:
-        write_json(output, result)
-    return result
-
-
 def _override_model(model: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """The recipe's model section with a variant's ``--model.key=value`` overrides applied."""
     import yaml
@@ -338,4 +259,4 @@ def _count(runs: list[dict[str, Any]], name: str) -> str:
     return str(int(values[0])) if values else "?"
 
 
-__all__ = ["run_distill_benchmark", "screen_variant", "measure_epoch_cost", "render_markdown", "VARIANTS"]
+__all__ = ["run_distill_benchmark", "screen_variant", "render_markdown", "VARIANTS"]

@@ -131,3 +131,18 @@ def test_students_bench_reuses_the_runs_of_a_recipe_with_the_same_settings() -> 
                         {**metrics, "student": "gru4rec", "recipe": "ml100k_gru4rec"}]}
     text = render_markdown(payload)
     assert "The sasrec row's runs are `ml100k_sasrec_windows`'s" in text and "gru4rec row's" not in text
+
+
+def test_distill_cost_table_judges_the_steady_cpu_ratio() -> None:
+    from recdistill.benchmarks.distill_cost import render_markdown
+
+    def result(ratios: dict[str, float], plain: list[float]) -> dict:
+        return {"repeats": 3, "threads": 1, "torch": "t", "load_average_1min": {"before": 0.5, "after": 0.7},
+                "cpu_seconds": {"plain": plain}, "cpu_ratio_to_plain": {"plain": 1.0, **ratios}}
+
+    first = result({"KL": 2.7, "RD": 1.2}, [3.0, 3.2, 3.4])
+    steady = result({"KL": 1.49, "RD": 1.51}, [3.1, 3.6, 3.3])
+    table = render_markdown(first, steady)
+    assert "| plain SASRec | 1.00 (3.2 s CPU) | 1.00 (3.3 s CPU) | - |" in table
+    assert "| KL | 2.70 | 1.49 | yes |" in table and "| RD | 1.20 | 1.51 | **no** |" in table
+    assert "varies 3.10–3.60 s CPU" in table
