@@ -26,7 +26,9 @@ def add_export_commands(subparsers: Any) -> None:
     where.add_argument("--output", help="ONNX file to write (provenance JSON next to it)")
     export.add_argument("--int8", action="store_true",
                         help="also write a dynamic-int8 copy (item table per-row int8), gated on top-K agreement")
-    export.add_argument("--int8-item-table", choices=["per_row", "per_tensor", "none"], default="per_row")
+    export.add_argument("--int8-item-table", choices=["per_row", "per_tensor", "none"], default="per_row",
+                        help="how the int8 copy stores the embedding tables: the item table (sequential) or the "
+                             "field tables (CTR); none: fp32 tables, int8 MatMul/Gemm only")
     export.add_argument("--fp16", action="store_true", help="also write an fp16 copy, gated on top-K agreement")
     export.add_argument("--min-topk-agreement", type=float, default=0.9,
                         help="int8/fp16 gate: mean top-10 overlap with the fp32 file (CTR: max probability "
