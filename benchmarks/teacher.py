@@ -181,7 +181,8 @@ def _row(label: str, runs: list[dict[str, Any]], part: str | None = None, long_t
     sliced = [r["test"] for r in rows if _has_slices(r["test"])]
     slices = [_spread([m[f"{name}/ndcg@10"] for m in sliced]) for name in SLICES]
     tail = [_spread([r["tail"].get("ndcg@10", 0.0) for r in rows])] if long_tail else []
-    alphas = [r["fusion"]["alpha"] for r in runs if r.get("fusion")] if part is None else []
+    # a joint-fusion teacher has a fusion record (its content-only part) but no alpha
+    alphas = [r["fusion"]["alpha"] for r in runs if "alpha" in (r.get("fusion") or {})] if part is None else []
     alpha = ", ".join(f"{a:.1f}" for a in alphas) if alphas else "-"
     minutes = (f"{statistics.median(r['fit_seconds'] for r in runs) / 60:.1f}"
                if part is None and all("fit_seconds" in r for r in runs) else "-")
@@ -225,7 +226,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {label} | {_spread(ref['valid_ndcg@10'])} | {_spread(ref['test_ndcg@10'])} | "
                          f"{_spread(ref['test_hr@10'])} | {blank} |")
     if teacher:
-        if teacher[0].get("fusion"):
+        if "llm_only" in (teacher[0].get("fusion") or {}):
             lines.append(_row("the teacher's CF part (SASRec, all windows) as evaluated beside it", teacher,
                               "collaborative_only", long_tail))
             lines.append(_row("SmolLM2 + LoRA teacher alone (the LLM part)", teacher, "llm_only", long_tail))
@@ -238,6 +239,6 @@ def render_markdown(payload: dict[str, Any]) -> str:
         if variant == "teacher":
             continue
         lines.append(_row(f"ablation: {variant}", runs, long_tail=long_tail))
-        if runs[0].get("fusion"):
+        if "llm_only" in (runs[0].get("fusion") or {}):  # an ensemble: its LLM part alone too
             lines.append(_row(f"ablation: {variant}, LLM part", runs, "llm_only", long_tail))
     return "\n".join(lines) + "\n"

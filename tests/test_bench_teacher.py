@@ -87,3 +87,14 @@ def test_students_reference_follows_the_recipe_that_trained_the_runs(tmp_path):
     payload["runs"] = [{**run, "student": "sasrec"}]  # older payloads: the student's own recipe
     (tmp_path / "students.json").write_text(json.dumps(payload))
     assert _students_reference(tmp_path)["sasrec"]["seeds"] == [0]
+
+
+def test_a_joint_fusion_run_without_alpha_renders_a_dash():
+    """A joint-fusion teacher reports a fusion record (its content-only part) without an alpha."""
+    joint = _run("joint fusion", 0, 0.115, 0.05, 0.0)
+    joint["fusion"] = {"content_only": {"test": {"ndcg@10": 0.01}}}
+    payload = {"recipe": "r", "protocol": "p", "seeds": [0], "torch": "2.x", "students": {},
+               "runs": [_run("teacher", 0, 0.12, 0.09, 0.3), joint]}
+    rows = {line.split(" | ")[0].strip("| *"): line for line in render_markdown(payload).splitlines()
+            if line.startswith("| ")}
+    assert "| 0.1150 |" in rows["ablation: joint fusion"] and "| - |" in rows["ablation: joint fusion"]
