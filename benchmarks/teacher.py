@@ -209,7 +209,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
             f"evaluated before the cold / rare / warm slices existed show `-` there." if long_tail else "")
     lines = [
         f"Teacher `{payload['recipe']}` on MovieLens-100K ({payload['protocol']}); median (min–max) over "
-        f"seeds {seeds}, ablations on seed {seeds[0]}; torch {payload['torch']}, CPU, {threads} threads. "
+        f"seeds {seeds}, ablations on seed {seeds[0]}; torch {payload['torch']}, CPU, {threads} thread(s). "
         f"Slices by the test target's training interactions: cold 0, rare 1–10, warm > 10.{note} alpha = the "
         f"LLM's weight in the logit mixture, chosen on validation. fit min = wall minutes of `recdistill teacher "
         f"fit`. Reproduce: `make bench-teacher` (after `make bench`).",
