@@ -162,7 +162,7 @@ def _quality_only(output_dir: Path, names: list[str], earlier: dict[str, Any], p
                   seeds: list[int], readme: str | Path | None, started: float) -> dict[str, Any]:
     """The compress stage of ``names`` on the plain parent of every seed (reused when unchanged; no
     profiling); each seed's quality and size measures go to ``quality_seeds``."""
-    from recdistill.benchmarks.compress_report import quality_measures
+    from recdistill.benchmarks.compress_report import best_int8, quality_measures
 
     kept = earlier.get("students", {})
     missing = [n for n in names if n not in kept]
@@ -176,6 +176,7 @@ def _quality_only(output_dir: Path, names: list[str], earlier: dict[str, Any], p
             summary = _compress_run(output_dir, name, seed, _parent_run(output_dir, name, seed))
             per_seed[str(seed)] = {"run_dir": summary["run_dir"], "parent_ndcg10": summary["parent"].get("ndcg@10"),
                                    "parent_auc": summary["parent"].get("auc"),
+                                   "int8_variant": best_int8({"compress": summary}),
                                    "measures": [list(m) for m in quality_measures(summary)]}
             write_json(output_dir / "compress.json", payload)  # a seed at a time: nothing lost if killed
     return _finish(output_dir, payload, readme, started)

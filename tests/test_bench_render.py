@@ -42,7 +42,7 @@ def test_compress_targets_are_judged_on_the_numbers() -> None:
     assert targets["SASRec ONNX fp32 p50, batch 1, 1 thread (ms)"]["met"] is True      # 0.15 <= 0.2
     speedup = targets["SASRec ONNX Runtime over PyTorch eager, batch 1, 1 thread (x)"]
     assert abs(speedup["value"] - 6.0) < 1e-9 and speedup["met"]                         # 0.9 / 0.15
-    assert targets["SASRec onnx_int8_item_table_per_row file / fp32 file"]["met"] is True  # 0.28 <= 0.3
+    assert targets["SASRec int8, tables included, file / fp32 file"]["met"] is True  # 0.28 <= 0.3
     assert targets["SASRec pruned + recovered parameters / unpruned"]["value"] == 0.4
     assert targets["SASRec pruned + recovered NDCG@10 / unpruned"]["met"] is False       # 0.90 < 0.97
     pruned_int8 = targets["SASRec pruned + int8 file / fp32 file"]
@@ -97,8 +97,8 @@ def test_quality_targets_over_seeds_are_judged_on_the_median() -> None:
 
     payload = _payload()
     one = quality_measures(payload["students"]["sasrec"]["compress"])
-    assert [m[0] for m in one][:2] == ["onnx_int8_item_table_per_row file / fp32 file",
-                                       "onnx_int8_item_table_per_row NDCG@10 / fp32"]
+    assert [m[0] for m in one][:2] == ["int8, tables included, file / fp32 file",
+                                       "int8, tables included, NDCG@10 / fp32"]
     recovered = next(m for m in one if m[0] == "pruned + recovered NDCG@10 / unpruned")
     assert recovered[1:] == (0.90, ">= 0.97", False)
     seeds = {}
