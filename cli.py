@@ -9,7 +9,8 @@
     recdistill export --student DIR --output OUT.onnx [--serving] [--k 10]
     recdistill profile --onnx FILE | --student DIR [--batch-sizes 1 256] [--threads 1 2]
     recdistill bench students [--output-dir benchmarks/results] [--students sasrec gru4rec]
-    recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--dataset planted] [--update-readme README.md]
+    recdistill bench teacher [--seeds 0 1 2] [--no-ablations] [--ablation-seeds 0 1 2] [--variants NAME]
+                             [--dataset planted] [--update-readme README.md]
     recdistill bench distill [--seeds 0 1 2] [--variants ...] [--update-readme README.md]
     recdistill bench faults [--kills 10] [--seed 0] [--update-readme README.md]
     recdistill bench distill-cost [--signals DIR] [--variants NAME ...] [--update-readme README.md]
@@ -156,7 +157,8 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         from recdistill.benchmarks.teacher import run_teacher_benchmark
 
         run_teacher_benchmark(args.output_dir, seeds=args.seeds, ablations=not args.no_ablations, overrides=rest,
-                              readme=args.update_readme, dataset=args.dataset)
+                              readme=args.update_readme, dataset=args.dataset, ablation_seeds=args.ablation_seeds,
+                              ablation_names=args.variants)
         return 0
     from recdistill.benchmarks.students import run_student_benchmark
 
@@ -252,7 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seeds", nargs="*", type=int, default=[0])
     bench.add_argument("--no-ablations", action="store_true", help="teacher: skip the seed-0 ablations")
     bench.add_argument("--dataset", choices=["ml100k", "planted"], default="ml100k", help="teacher: the data set")
-    bench.add_argument("--variants", nargs="*", default=None, help="distill: the variants to run (default: all)")
+    bench.add_argument("--ablation-seeds", nargs="*", type=int, default=None,
+                       help="teacher: the seeds of the ablations (default: the first of --seeds; --variants NAME "
+                            "picks ablations by name)")
+    bench.add_argument("--variants", nargs="*", default=None,
+                       help="distill: the variants to run (default: all); teacher: the ablations to run")
     bench.add_argument("--no-control", action="store_true",
                        help="distill: skip the control teacher (random-init LLM layers)")
     bench.add_argument("--hidden-sizes", nargs="*", type=int, default=None,

@@ -38,8 +38,11 @@ README_MARKERS = ("<!-- bench:teacher:start -->", "<!-- bench:teacher:end -->")
 def run_teacher_benchmark(output_dir: str | Path = "benchmarks/results", seeds: list[int] | None = None,
                           recipe: str = TEACHER_RECIPE, ablations: bool = True,
                           overrides: list[str] | None = None, readme: str | Path | None = None,
-                          dataset: str = "ml100k") -> dict[str, Any]:
-    """Run the teacher benchmark; ``dataset="planted"`` runs :mod:`recdistill.benchmarks.teacher_planted`."""
+                          dataset: str = "ml100k", ablation_seeds: list[int] | None = None,
+                          ablation_names: list[str] | None = None) -> dict[str, Any]:
+    """Run the teacher benchmark; ``dataset="planted"`` runs :mod:`recdistill.benchmarks.teacher_planted`.
+    Ablations run on ``ablation_seeds`` (default: the first seed); ``ablation_names`` picks some of
+    :data:`ABLATIONS` (default: all)."""
     if dataset == "planted":
         from recdistill.benchmarks.teacher_planted import run_planted_teacher_benchmark
 
@@ -52,7 +55,11 @@ def run_teacher_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     runs: list[dict[str, Any]] = []
     plan = [("teacher", seed, []) for seed in seeds]
     if ablations:
-        plan += [(name, seeds[0], args) for name, args in ABLATIONS.items()]
+        unknown = sorted(set(ablation_names or []) - set(ABLATIONS))
+        if unknown:
+            raise ValueError(f"unknown teacher ablation(s) {unknown}; known: {sorted(ABLATIONS)}")
+        chosen = {n: a for n, a in ABLATIONS.items() if ablation_names is None or n in ablation_names}
+        plan += [(name, seed, args) for name, args in chosen.items() for seed in (ablation_seeds or seeds[:1])]
     for variant, seed, extra in plan:
         collab = _collaborative_run(output_dir, seed)
         slug = "teacher" if variant == "teacher" else "ablation-" + _slug(extra[0])

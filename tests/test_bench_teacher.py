@@ -98,3 +98,26 @@ def test_a_joint_fusion_run_without_alpha_renders_a_dash():
     rows = {line.split(" | ")[0].strip("| *"): line for line in render_markdown(payload).splitlines()
             if line.startswith("| ")}
     assert "| 0.1150 |" in rows["ablation: joint fusion"] and "| - |" in rows["ablation: joint fusion"]
+
+
+def test_ablations_run_on_the_chosen_seeds_and_names(tmp_path, monkeypatch):
+    import pytest
+
+    import recdistill.benchmarks.teacher as bench
+
+    (tmp_path / "cf" / "student").mkdir(parents=True)
+    (tmp_path / "cf" / "student" / "model.safetensors").write_bytes(b"w")
+    ran: list[str] = []
+    monkeypatch.setattr(bench, "_collaborative_run", lambda out, seed: tmp_path / "cf")
+    monkeypatch.setattr(bench, "run_stage", lambda name, d, inputs, work: ran.append(name) or
+                        {"valid": {"ndcg@10": 0.1}, "test": {"ndcg@10": 0.1, "hr@10": 0.2}, "long_tail": {}})
+    monkeypatch.setattr(bench, "render_markdown", lambda payload: "")
+    joint = "joint fusion (LLM trained on the CF model's residual)"
+    bench.run_teacher_benchmark(tmp_path, seeds=[0, 1], ablation_seeds=[1, 2], ablation_names=[joint])
+    assert ran == ["teacher-seed0", "teacher-seed1", "ablation-collaborative-fusion-seed1",
+                   "ablation-collaborative-fusion-seed2"]
+    ran.clear()
+    bench.run_teacher_benchmark(tmp_path, seeds=[3])  # default: every ablation on the first seed
+    assert ran[0] == "teacher-seed3" and len(ran) == 1 + len(bench.ABLATIONS) and all(r.endswith("seed3") for r in ran)
+    with pytest.raises(ValueError, match="unknown teacher ablation"):
+        bench.run_teacher_benchmark(tmp_path, seeds=[0], ablation_names=["nope"])
