@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
