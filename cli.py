@@ -332,6 +332,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug or exc.code in (0, None):
             raise
         return exc.code if isinstance(exc.code, int) else 2
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Tear down the process group a multi-process (Lightning DDP) command leaves open: with gloo's
+    threads still running at interpreter exit a rank can abort ("terminate called without an active
+    exception") after its work is done."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

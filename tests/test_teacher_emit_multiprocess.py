@@ -74,6 +74,8 @@ try:
 except CacheMismatchError as exc:
     result["mismatch"] = str(exc)
 (root / f"result-rank{rank}.json").write_text(json.dumps(result))
+dist.barrier()
+dist.destroy_process_group()  # gloo's threads left running at exit can abort a rank after its work
 """
 
 
