@@ -142,8 +142,15 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
                           readme=args.update_readme)
         return 0
     if args.suite == "distill":
-        from recdistill.benchmarks.distill import run_distill_benchmark
+        from recdistill.benchmarks.distill import run_distill_benchmark, screen_variant
 
+        if args.add:
+            if not args.variants or rest:
+                raise ConfigError("bench distill --add needs --variants NAME ... (and takes no overrides)")
+            for name in args.variants:
+                for seed in args.seeds:
+                    screen_variant(name, seed, args.output_dir, readme=args.update_readme)
+            return 0
         run_distill_benchmark(args.output_dir, seeds=args.seeds, variants=args.variants, control=not args.no_control,
                               overrides=rest, readme=args.update_readme)
         return 0
@@ -259,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "picks ablations by name)")
     bench.add_argument("--variants", nargs="*", default=None,
                        help="distill: the variants to run (default: all); teacher: the ablations to run")
+    bench.add_argument("--add", action="store_true",
+                       help="distill: train (or reuse) the --variants on the --seeds and merge them into the existing "
+                            "distill.json, keeping every other run (a name ending in ', control teacher (random-init "
+                            "LLM layers)' uses the recorded control teacher)")
     bench.add_argument("--no-control", action="store_true",
                        help="distill: skip the control teacher (random-init LLM layers)")
     bench.add_argument("--hidden-sizes", nargs="*", type=int, default=None,

@@ -32,6 +32,7 @@ TEACHER_RECIPE = "ml100k_teacher_smollm2"
 DISTILL_RECIPE = "ml100k_sasrec_dllm2rec"
 VANILLA = "ml100k_sasrec_windows"
 README_MARKERS = ("<!-- bench:distill:start -->", "<!-- bench:distill:end -->")
+CONTROL_SUFFIX = ", control teacher (random-init LLM layers)"  # a variant distilled from the control teacher
 
 
 def _terms(*terms: dict[str, Any]) -> str:
@@ -98,7 +99,7 @@ def run_distill_benchmark(output_dir: str | Path = "benchmarks/results", seeds: 
     if control:  # last: the most expensive part that is not a distilled student
         teachers["control"] = _teacher_run(output_dir, teacher_seeds[0], ["--model.random_init_layers=true"])
         for seed in seeds:
-            distil(f"{best}, control teacher (random-init LLM layers)", seed, teachers["control"], VARIANTS[best])
+            distil(f"{best}{CONTROL_SUFFIX}", seed, teachers["control"], VARIANTS[best])
     payload = _payload(runs, seeds, teachers, started, best)
     write_json(output_dir / "distill.json", payload)
     markdown = render_markdown(payload)
@@ -124,15 +125,20 @@ def screen_variant(name: str, seed: int = 0, output_dir: str | Path = "benchmark
     """Add one variant's run to an existing ``distill.json`` without rerunning the others: the
     teacher of seed 0 is read from its recorded stage (never refitted; missing -> error), the run is
     trained (or reused), replaces any earlier run of the same variant and seed, and ``distill.md``
-    (and the README block, if given) is re-rendered. ``best_on_validation`` is left as it was."""
+    (and the README block, if given) is re-rendered. ``best_on_validation`` is left as it was.
+    ``name`` may end in :data:`CONTROL_SUFFIX`: the variant distilled from the recorded control
+    teacher (random-init LLM layers) instead, as ``run_distill_benchmark`` names those rows."""
     output_dir = Path(output_dir)
-    if name not in VARIANTS:
-        raise ValueError(f"unknown distillation variant {name!r}; known: {list(VARIANTS)}")
-    stage = output_dir / "runs" / "distill-teacher-seed0" / "stage.json"
+    base, control = (name.removesuffix(CONTROL_SUFFIX), True) if name.endswith(CONTROL_SUFFIX) else (name, False)
+    if base not in VARIANTS:
+        raise ValueError(f"unknown distillation variant {name!r}; known: {list(VARIANTS)} "
+                         f"(each may end in {CONTROL_SUFFIX!r})")
+    stage = output_dir / "runs" / f"distill-teacher{'-control' if control else ''}-seed0" / "stage.json"
     if not stage.is_file():
-        raise FileNotFoundError(f"{stage} is missing: run `recdistill bench distill` first (it fits the teacher)")
+        raise FileNotFoundError(f"{stage} is missing: run `recdistill bench distill` first (it fits the "
+                                f"{'control ' if control else ''}teacher)")
     teacher = json.loads(stage.read_text())["outputs"]
-    metrics = _distil_run(output_dir, name, seed, teacher, VARIANTS[name])
+    metrics = _distil_run(output_dir, name, seed, teacher, VARIANTS[base])
     payload = json.loads((output_dir / "distill.json").read_text())  # read after the run: others may have added theirs
     payload["runs"] = [r for r in payload["runs"] if (r.get("variant"), r.get("seed")) != (name, seed)]
     payload["runs"].append({**metrics, "variant": name, "seed": seed})
@@ -221,8 +227,9 @@ def render_markdown(payload: dict[str, Any]) -> str:
     lines = [
         f"Distilled SASRec on MovieLens-100K (leave-one-out by time, full ranking, earlier items masked, "
         f"selected on validation); median (min–max) over the seeds run, torch {payload['torch']}, CPU; one "
-        f"teacher (seed 0); every variant on seed 0, the validation-best "
-        f"({payload.get('best_on_validation')}) on seeds {payload['seeds']}. s/epoch is wall time per epoch with "
+        f"teacher (seed 0); every variant screened on seed 0, the validation-best "
+        f"({payload.get('best_on_validation')}) on seeds {payload['seeds']}, others on the seeds counted in the "
+        "row (`recdistill bench distill --add --variants NAME --seeds ...`). s/epoch is wall time per epoch with "
         "validation, on a shared machine (see the back-to-back epoch cost below). Reproduce: `make bench-distill`. "
         "With 943 test users a difference under about 0.01 NDCG@10 is noise.",
         "",

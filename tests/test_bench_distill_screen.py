@@ -57,3 +57,34 @@ def test_screen_variant_needs_a_known_variant_and_a_recorded_teacher(results, tm
         bench.screen_variant("nope", output_dir=results)
     with pytest.raises(FileNotFoundError, match="run `recdistill bench distill` first"):
         bench.screen_variant("RD (top-10)", output_dir=tmp_path / "empty")
+
+
+def test_a_control_variant_uses_the_recorded_control_teacher(results, monkeypatch):
+    control = {"valid": {"ndcg@10": 0.13}, "test": {"ndcg@10": 0.12}, "signals": "control-signals"}
+    stage = results / "runs" / "distill-teacher-control-seed0" / "stage.json"
+    stage.parent.mkdir(parents=True)
+    stage.write_text(json.dumps({"outputs": control}))
+    calls = []
+
+    def fake_run(output_dir, variant, seed, teacher, spec):
+        calls.append((variant, seed, teacher["signals"], spec))
+        return {k: v for k, v in _run(variant, seed, 0.121).items() if k not in ("variant", "seed")}
+
+    monkeypatch.setattr(bench, "_distil_run", fake_run)
+    name = "hidden-state (cosine)" + bench.CONTROL_SUFFIX
+    bench.screen_variant(name, seed=2, output_dir=results)
+    # the control teacher's cache, the base variant's overrides, the row named as the full benchmark names it
+    assert calls == [(name, 2, "control-signals", bench.VARIANTS["hidden-state (cosine)"])]
+    runs = {(r["variant"], r["seed"]) for r in json.loads((results / "distill.json").read_text())["runs"]}
+    assert (name, 2) in runs and ("plain", 0) in runs
+
+
+def test_bench_distill_add_runs_every_variant_on_every_seed(results, monkeypatch):
+    from recdistill import cli
+
+    calls = []
+    monkeypatch.setattr(bench, "screen_variant", lambda name, seed, out, readme=None: calls.append((name, seed)))
+    assert cli.main(["bench", "distill", "--add", "--output-dir", str(results), "--seeds", "1", "2",
+                     "--variants", "RD (top-10)", "hidden-state (cosine)"]) == 0
+    assert calls == [("RD (top-10)", 1), ("RD (top-10)", 2), ("hidden-state (cosine)", 1), ("hidden-state (cosine)", 2)]
+    assert cli.main(["bench", "distill", "--add", "--output-dir", str(results)]) != 0  # no --variants: refused
