@@ -146,6 +146,9 @@ def train_joint_pq(dm: Any, name: str, init_args: dict[str, Any], *, num_subspac
                                       kd_temperature=kd_temperature, **task_args)
     else:
         task = SequentialRecommender(student=model, num_items=split.num_items, **task_args)
+    from recdistill.training import quiet_known_noise
+
+    quiet_known_noise()  # Lightning's tips and known-harmless warnings, as through the CLI
     keep = _KeepBest(monitor, progress)
     trainer = L.Trainer(max_epochs=max_epochs, accelerator="auto", devices=1, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -215,6 +215,9 @@ def emit_signals(
                                                         stride=stride, shard_size=shard_size, batch_size=batch_size)
         state["job"] = job
 
+    from recdistill.training import quiet_known_noise
+
+    quiet_known_noise()  # Lightning's tips and known-harmless warnings, as through the CLI
     trainer = L.Trainer(callbacks=[_PrepareOnSetup(prepare, state), writer, *callbacks], **kwargs)
     world, rank = trainer.world_size, trainer.global_rank
     if world > 1:

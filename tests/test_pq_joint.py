@@ -159,3 +159,15 @@ def test_joint_pq_distilled_from_its_parent_follows_it(planted):
     assert kl["distilled"] < 0.8 * kl["plain"]
     with pytest.raises(ValueError, match="needs the fp32 parent"):
         train_joint_pq(dm, "sasrec", TINY, kd_weight=1.0, **kwargs)
+
+
+def test_joint_training_silences_library_tips_like_the_cli(planted, monkeypatch):
+    """Called from Python (a notebook, the benchmarks), RecJPQ training keeps Lightning's tips off the
+    console as the CLI does: it installs the known-noise filters before building its Trainer."""
+    import recdistill.training as training
+
+    calls = []
+    monkeypatch.setattr(training, "quiet_known_noise", lambda: calls.append(True))
+    train_joint_pq(planted["dm"], "sasrec", TINY, num_subspaces=8, num_centroids=16, max_epochs=1,
+                   limit_train_batches=1, seed=0)
+    assert calls
