@@ -17,12 +17,13 @@ What is pruned, per student (``ratio`` = fraction of channels removed from each 
   kept), ``attention="heads"`` removes whole heads (``head_dim`` kept). FFN width per block.
   torch-pruning does not update ``num_heads``/``head_dim``: the rebuild does.
 - ``caser``: horizontal and vertical convolution channels (the same number kept for every
-  filter height, as the constructor has one ``num_horizontal``). DepGraph mis-groups Caser's
-  windowed convolutions (all convolutions land in one group with wrong index counts), so the
-  dependencies (conv out-channels -> the matching ``fc`` input columns) are listed explicitly
-  and pruned with torch-pruning's ``prune_conv_out_channels``/``prune_linear_in_channels``.
-  The embedding width is not pruned: the horizontal kernels span it and ``fc`` outputs
-  ``hidden_size`` too (one constructor argument).
+  filter height, as the constructor has one ``num_horizontal``) and ``hidden_size``. DepGraph
+  mis-groups Caser's windowed convolutions (all convolutions land in one group with wrong index
+  counts), so the dependencies are listed explicitly and pruned with torch-pruning's functions:
+  conv out-channels -> the matching ``fc`` input columns; an embedding column -> the horizontal
+  kernels' column and every vertical channel's ``fc`` input column that reads it; an ``fc``
+  output -> the scoring layer's input column. ``hidden_size`` names two widths (the item table
+  and ``fc``'s output), so both keep the same number of channels, each chosen by its own norm.
 - ``deepfm``, ``dcnv2``, ``din``: every MLP width (``mlp_dims``; DIN also ``attention_dims``),
   with explicit dependencies (block out -> next block / output layer in) pruned by
   torch-pruning's Linear functions. DepGraph cannot build DIN's graph (torch-pruning 1.6
@@ -213,7 +214,8 @@ def _prune_transformer(m: nn.Module, ratio: float, report: PruneReport, *, atten
 
 # -- Caser (explicit dependencies, torch-pruning functions) ------------------------------------
 
-def _prune_caser(m: nn.Module, ratio: float, report: PruneReport, **_: Any) -> dict[str, Any]:
+def _prune_caser(m: nn.Module, ratio: float, report: PruneReport, *, prune_hidden: bool = True,
+                 **_: Any) -> dict[str, Any]:
     d = m.item_embedding.embedding_dim
     nv, nh = m.vertical.out_channels, m.horizontal[0].out_channels
     keep_v, keep_h = _keep(nv, ratio), _keep(nh, ratio)
@@ -231,9 +233,44 @@ def _prune_caser(m: nn.Module, ratio: float, report: PruneReport, **_: Any) -> d
     if remove_cols:
         tp.prune_linear_in_channels(m.fc, sorted(remove_cols))
     report.pruned += [f"num_vertical: {nv} -> {keep_v}", f"num_horizontal: {nh} -> {keep_h}"]
-    report.not_pruned["hidden_size"] = ("the horizontal kernels span the embedding width and fc outputs the same "
-                                        "hidden_size (one constructor argument)")
-    return {"num_vertical": keep_v, "num_horizontal": keep_h}
+    if not prune_hidden:
+        report.not_pruned["hidden_size"] = "prune_hidden=False"
+        return {"num_vertical": keep_v, "num_horizontal": keep_h}
+    keep_d = _keep(d, ratio)
+    _prune_caser_width(m, d - keep_d)
+    m.hidden_size = keep_d
+    if keep_d < d:
+        report.pruned.append(f"hidden_size: {d} -> {keep_d} (item table columns and fc outputs)")
+    return {"num_vertical": keep_v, "num_horizontal": keep_h, "hidden_size": keep_d}
+
+
+def _prune_caser_width(m: nn.Module, n_remove: int) -> None:
+    """Remove ``n_remove`` item-table columns (L2 norm over the table and the horizontal kernels that
+    read them) and as many ``fc`` outputs (L2 norm of the ``fc`` row, its bias and the scoring
+    layer's column that reads it); Caser's constructor ties both widths to ``hidden_size``."""
+    if n_remove <= 0:
+        return
+    d, nv = m.item_embedding.embedding_dim, m.vertical.out_channels
+    table = m.item_embedding.weight.detach()
+    col_score = table.norm(dim=0) + sum(conv.weight.detach()[:, 0].norm(dim=(0, 1)) for conv in m.horizontal)
+    drop_cols = _lowest(col_score, n_remove)
+    keep_cols = torch.tensor(sorted(set(range(d)) - set(drop_cols)))
+    # the vertical filters weigh window rows per embedding column: channel c's output column j -> fc input c*d + j;
+    # a removed column still carried the vertical bias b_c into fc, which fc's bias takes over
+    removed = [c * d + j for c in range(nv) for j in drop_cols]
+    with torch.no_grad():
+        vertical_bias = m.vertical.bias.detach().repeat_interleave(len(drop_cols))
+        m.fc.bias += m.fc.weight[:, removed] @ vertical_bias
+    tp.prune_linear_in_channels(m.fc, removed)
+    tp.prune_embedding_out_channels(m.item_embedding, drop_cols)
+    for conv in m.horizontal:
+        _slice_param(conv, "weight", conv.weight.detach()[..., keep_cols])
+        conv.kernel_size = (conv.kernel_size[0], len(keep_cols))
+    fc_score = torch.cat([m.fc.weight, m.fc.bias[:, None]], 1).detach().norm(dim=1) + \
+        m.output.weight.detach().norm(dim=0)
+    drop_out = _lowest(fc_score, n_remove)
+    tp.prune_linear_out_channels(m.fc, drop_out)
+    tp.prune_linear_in_channels(m.output, drop_out)
 
 
 # -- CTR MLPs (explicit dependencies, torch-pruning functions) ---------------------------------

@@ -137,11 +137,45 @@ def test_dead_caser_filters_are_the_ones_removed():
         for conv in [*parent.horizontal, parent.vertical]:
             conv.weight[conv.out_channels // 2:] = 0
             conv.bias[conv.out_channels // 2:] = 0
-    pruned, report = prune_student(parent, 0.5)
+    pruned, report = prune_student(parent, 0.5, prune_hidden=False)
     assert (report.init_args_after["num_horizontal"], report.init_args_after["num_vertical"]) == (4, 2)
     assert "hidden_size" in report.not_pruned
     x = probe_inputs(parent, batch=4, length=7)
     torch.testing.assert_close(pruned(*x), parent(*x))
+
+
+def test_dead_caser_widths_are_the_ones_removed():
+    """Caser's hidden_size is two widths: item-table columns (read by the horizontal kernels and, per
+    vertical channel, by fc) and fc outputs (read by the scoring layer). With the last half of each
+    dead (the vertical filters' bias still flows through a dead column: fc's bias takes it over),
+    pruning both to half is exact, and the channels removed are those."""
+    parent = _student("caser")
+    d = parent.hidden_size
+    with torch.no_grad():
+        parent.item_embedding.weight[:, d // 2:] = 0
+        for conv in parent.horizontal:
+            conv.weight[..., d // 2:] = 0
+        parent.fc.weight[d // 2:] = 0
+        parent.fc.bias[d // 2:] = 0
+        # live but small: the norm criterion must still pick the dead half
+        parent.item_embedding.weight[1:, : d // 2] += 0.01
+    pruned, report = prune_student(parent, 0.5)
+    args = report.init_args_after
+    assert args["hidden_size"] == pruned.hidden_size == d // 2 == pruned.item_embedding.embedding_dim
+    assert pruned.fc.out_features == pruned.output.in_features == d // 2
+    assert pruned.fc.in_features == args["num_vertical"] * d // 2 + args["num_horizontal"] * args["window"]
+    assert any(p.startswith("hidden_size") for p in report.pruned) and "hidden_size" not in report.not_pruned
+    assert report.param_ratio < 0.5  # the item table and the scoring layer dominate Caser
+    # channels kept are the live ones: with dead conv channels too the outputs would be unchanged
+    dead = _student("caser")
+    with torch.no_grad():
+        dead.load_state_dict(parent.state_dict())
+        for conv in [*dead.horizontal, dead.vertical]:
+            conv.weight[conv.out_channels // 2:] = 0
+            conv.bias[conv.out_channels // 2:] = 0
+    exact, _ = prune_student(dead, 0.5)
+    x = probe_inputs(dead, batch=4, length=7)
+    torch.testing.assert_close(exact(*x), dead(*x))
 
 
 def test_bad_arguments_fail_loudly():
