@@ -10,9 +10,13 @@ requests: ``single_session``), reads the recdistill metadata (kind, graph, ``max
   dataset's raw item ids) histories and results are *raw* item ids; without one they are item
   indices ``1..N``. Unknown ids are dropped from the history and counted
   (``last_unknown``/``unknown_total``), never a crash. Items already in the (truncated) history
-  are never recommended. Serving graphs do masking + TopK in ONNX Runtime; logits graphs are
-  masked and ranked here in numpy.
-- CTR students: ``predict(sparse, dense, history) -> probabilities``.
+  are never recommended (a ``k`` larger than the unseen items a history leaves is an error, not a
+  seen item or the padding index). Serving graphs do masking + TopK in ONNX Runtime; logits graphs
+  are masked and ranked here in numpy.
+- CTR students: ``predict(sparse, dense, history) -> probabilities``. Sparse ids outside their
+  field's vocabulary (negative ones included) and history ids outside ``0..num_items`` become 0
+  (unknown), NaN/inf dense values become 0, all counted in ``last_unknown``/``unknown_total``;
+  histories of different lengths are left-padded to the longest.
 """
 
 from __future__ import annotations
@@ -148,16 +152,28 @@ class OnnxRecommender:
         """
         if self.kind != "sequential":
             raise TypeError(f"{self.path} is a CTR model: use predict(sparse, dense, history)")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {k!r}")
+        k = int(k)
+        if self.graph == "serving":
+            graph_k = int(self.metadata.get("k") or 0)
+            if k > graph_k:
+                raise ValueError(f"k={k} exceeds the K={graph_k} built into the serving graph {self.path}")
+            if k < 1:
+                raise ValueError(f"k={k} must be in 1..{graph_k}")
+        elif k < 1 or (self.num_items and k > self.num_items):
+            raise ValueError(f"k={k} must be in 1..{self.num_items or 'num_items'}")
+        if len(histories) == 0:  # ONNX Runtime cannot run a batch of 0 rows
+            self.last_unknown = 0
+            return self.to_raw(np.zeros((0, k), dtype=np.int64)), np.zeros((0, k), dtype=np.float32)
         converted = [self.to_indices(h) for h in histories]
         self.last_unknown = sum(dropped for _, dropped in converted)
         self.unknown_total += self.last_unknown
         input_ids = left_pad_histories([ids for ids, _ in converted], self.max_len)
         session = self.single_session() if len(histories) == 1 else self.session
         if self.graph == "serving":
-            graph_k = int(self.metadata.get("k") or 0)
-            if k > graph_k:
-                raise ValueError(f"k={k} exceeds the K={graph_k} built into the serving graph {self.path}")
             scores, index = session.run(["scores", "item_ids"], {"input_ids": input_ids})
+            available = np.isfinite(scores).sum(axis=1)  # K >= k, so this counts every unseen item when < k
             scores, index = scores[:, :k], index[:, :k]
         else:
             (logits,) = session.run(["logits"], {"input_ids": input_ids})
@@ -166,10 +182,17 @@ class OnnxRecommender:
             masked = logits.astype(np.float32, copy=True)
             masked[:, 0] = -np.inf
             np.put_along_axis(masked, input_ids, -np.inf, axis=1)
+            available = np.isfinite(masked).sum(axis=1)
             part = np.argpartition(-masked, k - 1, axis=1)[:, :k]
             order = np.argsort(-np.take_along_axis(masked, part, axis=1), axis=1, kind="stable")
             index = np.take_along_axis(part, order, axis=1)
             scores = np.take_along_axis(masked, index, axis=1)
+        exhausted = np.flatnonzero(np.isneginf(scores).any(axis=1))
+        if exhausted.size:  # the remaining slots would hold seen items or the padding index (item 1 once mapped)
+            row = int(exhausted[0])
+            raise ValueError(f"k={k} exceeds the {int(available[row])} unseen items left for history {row} "
+                             f"({exhausted.size} such histories; seen items are never recommended): lower k to at "
+                             f"most {int(available.min())}")
         return self.to_raw(index), scores
 
     def single_session(self) -> ort.InferenceSession:
@@ -191,13 +214,31 @@ class OnnxRecommender:
     def predict_logits(self, sparse: Any, dense: Any = None, history: Any = None) -> np.ndarray:
         if self.kind != "ctr":
             raise TypeError(f"{self.path} is a sequential model: use recommend(histories, k)")
-        sparse = np.asarray(sparse, dtype=np.int64)
+        sparse = np.array(sparse, dtype=np.int64)  # copies: invalid entries are replaced below
         batch = sparse.shape[0]
-        feed = {
-            "sparse": sparse,
-            "dense": np.zeros((batch, 0), np.float32) if dense is None else np.asarray(dense, dtype=np.float32),
-            "history": np.zeros((batch, 1), np.int64) if history is None else np.asarray(history, dtype=np.int64),
-        }
+        if batch == 0:  # ONNX Runtime cannot run a batch of 0 rows
+            self.last_unknown = 0
+            return np.zeros(0, dtype=np.float32)
+        dense = np.zeros((batch, 0), np.float32) if dense is None else np.array(dense, dtype=np.float32)
+        if history is None:
+            history = np.zeros((batch, 1), np.int64)
+        else:
+            try:
+                history = np.array(history, dtype=np.int64)
+            except ValueError:  # rows of different lengths: the newest items, left-padded like the data module
+                history = left_pad_histories(history, max(1, max(len(h) for h in history)))
+        # Ids outside a field's vocabulary (a Gather would fail on them, or wrap negative ones to the last
+        # rows) become 0, the unknown/missing id of the data module; NaN/inf dense values become 0 too.
+        field_dims = (self.metadata.get("init_args") or {}).get("field_dims")
+        bad_sparse = sparse < 0
+        if field_dims and sparse.ndim == 2 and sparse.shape[1] == len(field_dims):
+            bad_sparse |= sparse >= np.asarray(field_dims, dtype=np.int64)
+        bad_history = (history < 0) | (history > self.num_items) if self.num_items else history < 0
+        bad_dense = ~np.isfinite(dense)
+        sparse[bad_sparse], history[bad_history], dense[bad_dense] = 0, 0, 0.0
+        self.last_unknown = int(bad_sparse.sum() + bad_history.sum() + bad_dense.sum())
+        self.unknown_total += self.last_unknown
+        feed = {"sparse": sparse, "dense": dense, "history": history}
         return self.session.run(["logit"], {n: feed[n] for n in self.input_names})[0]
 
     def predict(self, sparse: Any, dense: Any = None, history: Any = None) -> np.ndarray:

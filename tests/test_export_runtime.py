@@ -142,3 +142,85 @@ def test_single_history_uses_a_fixed_shape_session_with_the_same_result(graph: s
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
     both, _ = rec.recommend([[3, 1, 4], [2]], k=5)  # several histories: the dynamic session
     np.testing.assert_array_equal(both[:1], ids)
+
+
+# ---------------------------------------------------------------- edge cases of serving requests
+SMALL_N = 5  # a catalogue smaller than max_len: a history can leave fewer than k unseen items
+SMALL_RAW = [10, 20, 30, 40, 50]
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    torch.manual_seed(1)
+    model = build_student("sasrec", num_items=SMALL_N, hidden_size=8, num_layers=1, num_heads=2,
+                          max_len=MAX_LEN).eval()
+    folder = tmp_path_factory.mktemp("runtime-small")
+    return {
+        "logits": export_onnx(model, folder / "logits.onnx", parity_shapes=[(2, 3)]).path,
+        "serving": export_onnx(model, folder / "serving.onnx", serving=True, k=SMALL_N, parity_shapes=[(2, 3)]).path,
+        "raw": export_onnx(model, folder / "raw.onnx", serving=True, k=SMALL_N, item_ids=SMALL_RAW,
+                           parity_shapes=[(2, 3)]).path,
+    }
+
+
+@pytest.mark.parametrize("graph", ["logits", "serving", "raw"])
+def test_k_beyond_the_unseen_items_is_an_error_never_a_seen_item(graph: str, small: dict[str, Path]) -> None:
+    rec = OnnxRecommender(small[graph])
+    seen = [1, 2, 3] if graph != "raw" else SMALL_RAW[:3]
+    ids, scores = rec.recommend([seen, seen[:1]], k=2)  # exactly the 2 unseen items: fine
+    assert sorted(ids[0].tolist()) == sorted(set(SMALL_RAW if graph == "raw" else range(1, 6)) - set(seen))
+    assert np.isfinite(scores).all()
+    with pytest.raises(ValueError, match="k=3 exceeds the 2 unseen items left for history 0"):
+        rec.recommend([seen, seen[:1]], k=3)  # was: a seen item and the padding index (raw: item 1, twice)
+
+
+@pytest.mark.parametrize("graph", ["logits", "serving", "raw"])
+def test_an_empty_batch_gives_empty_results(graph: str, small: dict[str, Path]) -> None:
+    rec = OnnxRecommender(small[graph])
+    ids, scores = rec.recommend([], k=2)
+    assert ids.shape == (0, 2) and scores.shape == (0, 2)
+    with pytest.raises(ValueError, match="k=0"):
+        rec.recommend([], k=0)
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_serving_k_below_one_is_an_error(k: int, exported: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=f"k={k} must be in 1..5"):
+        OnnxRecommender(exported["serving"]).recommend([[1, 2]], k=k)  # was: [B, 0] or [B, K - 1] results
+
+
+@pytest.fixture(scope="module")
+def din(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = build_student("din", field_dims=[4, N + 1], dense_dim=2, num_items=N, embed_dim=4,
+                          attention_dims=(4,), mlp_dims=(8,)).eval()
+    return export_onnx(model, tmp_path_factory.mktemp("din") / "din.onnx", parity_shapes=[(2, 3)]).path
+
+
+def test_ctr_ids_outside_the_vocabulary_become_unknown(din: Path) -> None:
+    rec = OnnxRecommender(din)
+    dense, history = np.zeros((3, 2)), np.array([[0, 1, 2], [3, 4, 5], [0, 0, 6]])
+    want = rec.predict([[0, 0], [2, 0], [0, 3]], dense, history)
+    got = rec.predict([[-1, 0], [2, N + 1], [4, 3]], dense, history)  # was: wrapped to the last row / a Gather error
+    assert rec.last_unknown == 3
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    got = rec.predict([[0, 0], [2, 0], [0, 3]], dense, [[-2, 1, 2], [3, 4, 5], [0, N + 1, 6]])
+    assert rec.last_unknown == 2 and rec.unknown_total == 5
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_ctr_non_finite_dense_values_become_zero(din: Path) -> None:
+    rec = OnnxRecommender(din)
+    sparse, history = [[1, 2], [3, 4]], [[1, 2], [3, 4]]
+    want = rec.predict(sparse, [[0.0, 0.5], [0.0, 0.0]], history)
+    got = rec.predict(sparse, [[np.nan, 0.5], [np.inf, -np.inf]], history)  # was: NaN probabilities
+    assert np.isfinite(got).all() and rec.last_unknown == 3
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_ctr_histories_of_different_lengths_are_left_padded(din: Path) -> None:
+    rec = OnnxRecommender(din)
+    sparse, dense = [[1, 2], [3, 4], [0, 1]], np.zeros((3, 2))
+    want = rec.predict(sparse, dense, [[1, 2, 3], [0, 0, 4], [0, 0, 0]])
+    np.testing.assert_allclose(rec.predict(sparse, dense, [[1, 2, 3], [4], []]), want, rtol=1e-6)
+    assert rec.predict(np.zeros((0, 2), np.int64)).shape == (0,)
