@@ -65,8 +65,16 @@ def export_command(args: argparse.Namespace, rest: list[str] | None = None) -> i
     output = Path(args.output) if args.output else Path(args.output_dir) / "model.onnx"
     item_ids = None
     if args.item_ids:
-        loaded = json.loads(open(args.item_ids).read())
-        item_ids = loaded["item_ids"] if isinstance(loaded, dict) else loaded
+        from recdistill.errors import ConfigError
+
+        try:
+            loaded = json.loads(Path(args.item_ids).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--item-ids {args.item_ids} is not valid JSON ({exc})") from None
+        item_ids = loaded.get("item_ids") if isinstance(loaded, dict) else loaded
+        if not isinstance(item_ids, list):
+            raise ConfigError(f"--item-ids {args.item_ids} must hold a JSON list of raw item ids, or "
+                              f"{{\"item_ids\": [...]}}")
     try:
         result = export_onnx(
             args.student, output, opset=args.opset or DEFAULT_OPSET, serving=args.serving, k=args.k,

@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recdistill.errors import ConfigError
+
 SEQUENTIAL, CTR = "sequential", "ctr"
 
 
@@ -70,7 +72,7 @@ class ServingGraph(nn.Module):
         super().__init__()
         n = num_items(student)
         if not 1 <= k <= n:
-            raise ValueError(f"k={k} must be in 1..num_items={n}")
+            raise ConfigError(f"k={k} must be in 1..num_items={n} (the serving graph's top-K)")
         self.student = student
         self.k = k
 

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from recdistill.atomic import atomic_path, sha256_file, write_json
+from recdistill.errors import ConfigError
 from recdistill.export import metadata as M
 from recdistill.export.graphs import (
     CTR, CTRGraph, dynamic_axes, example_inputs, num_items, student_kind, student_max_len,
@@ -106,20 +107,21 @@ def export_onnx(
     Raises ``ParityError`` (ONNX file not written, provenance written) when the gate fails.
     """
     if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+        raise ConfigError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     model, folder, parent_sha = resolve_student(student)
     name, kind = student_name(model), student_kind(model)
     if exporter == "dynamo" and name == "gru4rec":
-        raise ValueError("gru4rec: the dynamo exporter fixes nn.GRU's sequence length; use exporter='torchscript'")
+        raise ConfigError("gru4rec: the dynamo exporter fixes nn.GRU's sequence length; use exporter='torchscript'")
     length = max_len or student_max_len(model)
     if item_ids is not None:
         item_ids = list(item_ids)
         computed = M.item_space_hash(item_ids)
         if item_space_sha256 is not None and item_space_sha256 != computed:
-            raise ValueError("item_space_sha256 does not match the given item_ids")
+            raise ConfigError("item_space_sha256 does not match the given item_ids")
         item_space_sha256 = computed
         if kind != CTR and len(item_ids) != num_items(model):
-            raise ValueError(f"{len(item_ids)} item ids for a student of {num_items(model)} items")
+            raise ConfigError(f"{len(item_ids)} item ids for a student of {num_items(model)} items: give the "
+                              f"item ids of the dataset the student was trained on")
     graph = wrap(model, serving=serving, k=k)
     graph_kind = "ctr" if kind == CTR else ("serving" if serving else "logits")
     path = Path(path)

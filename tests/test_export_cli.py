@@ -64,3 +64,23 @@ def test_ctr_int8_agreement_is_a_probability_difference(tmp_path: Path) -> None:
     agreement = json.loads((out / "model.int8.quant.json").read_text())["agreement"]
     assert agreement["metric"] == "max_probability_diff"
     assert 0.0 <= agreement["value"] <= 0.02
+
+
+@pytest.mark.parametrize("extra, ids_text, expected", [
+    (["--serving", "--k", "0"], None, "k=0 must be in 1..num_items=6"),
+    (["--serving", "--k", "7"], None, "k=7 must be in 1..num_items=6"),
+    ([], "[1, 2,", "is not valid JSON"),
+    ([], '{"ids": [1, 2]}', "must hold a JSON list"),
+    ([], "[1, 2]", "2 item ids for a student of 6 items"),
+])
+def test_export_setting_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, extra: list[str],
+                                            ids_text: str | None, expected: str) -> None:
+    student = _saved(tmp_path, num_items=6, hidden_size=8, num_layers=1, num_heads=2, max_len=4)
+    if ids_text is not None:
+        (tmp_path / "ids.json").write_text(ids_text)
+        extra = [*extra, "--item-ids", str(tmp_path / "ids.json")]
+    out = tmp_path / "out.onnx"
+    assert main(["export", "--student", str(student), "--output", str(out), *extra]) == 2  # was: a traceback
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err and "Traceback" not in err
+    assert not out.exists()
