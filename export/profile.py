@@ -78,8 +78,9 @@ def _prepare(target: Any, inputs: Sequence[Any] | Mapping[str, Any],
         target = make_session(target, threads=threads or 1)
     if _is_session(target):
         session_threads = target.get_session_options().intra_op_num_threads
-        if threads is not None and session_threads and session_threads != threads:
-            raise ValueError(f"the session runs {session_threads} intra-op threads, not {threads}: "
+        if threads is not None and session_threads != threads:  # 0: not pinned, ONNX Runtime uses every core
+            running = f"{session_threads}" if session_threads else "0 (unpinned: every core)"
+            raise ValueError(f"the session runs {running} intra-op threads, not {threads}: "
                              "create it with make_session(path, threads=...)")
         feed = dict(inputs)
         return (lambda: target.run(None, feed)), "onnxruntime", session_threads or threads, _nothing()

@@ -169,3 +169,20 @@ def test_profile_interleaved_alternates_blocks_until_both_are_done() -> None:
     assert [r["batch_size"] for r in records] == [2, 1]
     with pytest.raises(ValueError):
         profile_interleaved([("a", lambda: None, [])], block=0)
+
+
+def test_an_unpinned_session_is_not_reported_as_pinned(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    from recdistill.export.onnx_export import export_onnx
+
+    torch.manual_seed(0)
+    model = build_student("sasrec", num_items=10, hidden_size=8, num_layers=1, num_heads=2, max_len=4).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", parity_shapes=[(2, 3)]).path
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # intra_op_num_threads = 0
+    assert session.get_session_options().intra_op_num_threads == 0
+    feed = {"input_ids": np.ones((1, 4), dtype=np.int64)}
+    with pytest.raises(ValueError, match="unpinned"):  # was: timed on every core, recorded as 1 thread
+        profile_latency(session, feed, threads=1, warmup=0, min_iters=1, min_seconds=0.0)
+    assert profile_latency(make_session(path, threads=1), feed, threads=1, warmup=0, min_iters=1,
+                           min_seconds=0.0)["threads"] == 1
