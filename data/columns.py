@@ -38,6 +38,9 @@ def resolve_columns(df: pd.DataFrame, column_map: dict[str, str] | None, filenam
     column_map = dict(column_map or {})
     for alias, key in (("user_id", "user"), ("item_id", "item")):
         if alias in column_map:
+            if key in column_map and column_map[key] != column_map[alias]:
+                raise DataFormatError(f"{filename}: column_map gives {key} twice ({key}: {column_map[key]!r}, "
+                                      f"{alias}: {column_map[alias]!r}); keep one of them")
             column_map.setdefault(key, column_map.pop(alias))
     unknown = sorted(set(column_map) - set(MAP_KEYS))
     if unknown:
@@ -47,12 +50,24 @@ def resolve_columns(df: pd.DataFrame, column_map: dict[str, str] | None, filenam
         raise DataFormatError(
             f"{filename}: column(s) {', '.join(f'{v!r} (for {k})' for k, v in missing.items())} not found; "
             f"available columns: {list(df.columns)}. Fix column_map.")
+    # One column feeds one of user/item/timestamp/rating (item_text may repeat one, e.g. items named by title):
+    # reading the same column as two of them would mislabel it silently.
+    taken: dict[str, str] = {}
+    for key, column in column_map.items():
+        if key != "item_text" and column in taken:
+            raise DataFormatError(f"{filename}: column_map maps column {column!r} to both {taken[column]} and {key}; "
+                                  f"map each of {', '.join(k for k in MAP_KEYS if k != 'item_text')} to its own column")
+        if key != "item_text":
+            taken[column] = key
     out = dict(column_map)
     for key, names in _DEFAULT_NAMES.items():
         if key not in out:
-            found = next((c for c in df.columns if str(c).lower() in names), None)
+            found = next((c for c in df.columns if str(c).lower() in names
+                          and (key == "item_text" or c not in taken)), None)
             if found is not None:
                 out[key] = found
+                if key != "item_text":
+                    taken[found] = key
     absent = [k for k in required if k not in out]
     if absent:
         raise DataFormatError(

@@ -20,7 +20,9 @@ import numpy as np
 import pandas as pd
 
 from recdistill.data.batching import BatchedDataset, left_pad, offsets_of
+from recdistill.data.columns import DataFormatError
 from recdistill.data.schema import EXAMPLE_STRIDE, SequentialSplit
+from recdistill.errors import ConfigError
 
 AGE_BINS = (18, 25, 35, 45, 50, 56)  # MovieLens-1M age groups
 
@@ -106,18 +108,19 @@ def ctr_examples(split: SequentialSplit, rating_threshold: float = 4.0, valid_fr
                  test_fraction: float = 0.1) -> dict[str, CTRExamples]:
     """Every event as an example, assigned to train/valid/test by its position from the end."""
     if not (0 < valid_fraction < 0.5 and 0 < test_fraction < 0.5):
-        raise ValueError(f"valid_fraction and test_fraction must be in (0, 0.5), got {valid_fraction}, {test_fraction}")
+        raise ConfigError(f"valid_fraction and test_fraction must be in (0, 0.5), got {valid_fraction}, "
+                          f"{test_fraction}")
     if split.ratings is None:
-        raise ValueError(f"dataset {split.name!r} has no ratings, which the CTR task needs for labels; "
-                         f"load it with a rating column (e.g. column_map={{'rating': '<column>'}})")
+        raise DataFormatError(f"dataset {split.name!r} has no ratings, which the CTR task needs for labels; "
+                              f"load it with a rating column (e.g. column_map={{'rating': '<column>'}})")
     lengths = split.lengths
     users = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
     pos = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(offsets_of(lengths), lengths)
     from_end = np.repeat(lengths, lengths) - pos
     ratings = np.concatenate(split.ratings)
     if np.isnan(ratings).any():
-        raise ValueError(f"dataset {split.name!r} has {int(np.isnan(ratings).sum())} events without a rating; "
-                         f"the CTR task needs a rating for every event (drop or fill them before loading)")
+        raise DataFormatError(f"dataset {split.name!r} has {int(np.isnan(ratings).sum())} events without a rating; "
+                              f"the CTR task needs a rating for every event (drop or fill them before loading)")
     labels = (ratings >= rating_threshold).astype(np.float32)
     num_valid, num_test = (np.repeat(n, lengths) for n in held_out_counts(lengths, valid_fraction, test_fraction))
     is_test = from_end <= num_test
@@ -142,8 +145,9 @@ def ctr_train_prefix(split: SequentialSplit, valid_fraction: float = 0.1, test_f
     train = split.lengths - num_valid - num_test
     short = [int(u) for u, n in enumerate(train) if n < 3]
     if short:
-        raise ValueError(f"{len(short)} user(s) keep fewer than 3 CTR training events (e.g. user index {short[0]}), "
-                         f"too few for the teacher's leave-one-out; raise data.min_interactions or lower the CTR fractions")
+        raise ConfigError(f"{len(short)} user(s) keep fewer than 3 CTR training events (e.g. user index {short[0]}), "
+                          f"too few for the teacher's leave-one-out; raise data.min_interactions or lower the CTR "
+                          f"fractions")
 
     def cut(per_user: list[np.ndarray] | None) -> list[np.ndarray] | None:
         return None if per_user is None else [values[:n] for values, n in zip(per_user, train)]

@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recdistill.data.columns import DataFormatError
 from recdistill.data.readers import load_interactions
 from recdistill.data.schema import EXAMPLE_STRIDE, Interactions, SequentialSplit
+from recdistill.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +28,13 @@ MIN_LEAVE_ONE_OUT = 3
 def build_sequential_split(data: Interactions, *, min_interactions: int = 3) -> SequentialSplit:
     """Index, order and split ``data``; users with < ``min_interactions`` events are dropped (logged)."""
     if min_interactions < MIN_LEAVE_ONE_OUT:
-        raise ValueError(f"min_interactions={min_interactions} is too small: leave-one-out needs at least "
-                         f"{MIN_LEAVE_ONE_OUT} interactions per user (train, valid and test); use >= 3")
+        raise ConfigError(f"min_interactions={min_interactions} is too small: leave-one-out needs at least "
+                          f"{MIN_LEAVE_ONE_OUT} interactions per user (train, valid and test); use >= 3")
     df = data.interactions
     missing = [c for c in ("user_id", "item_id", "timestamp") if c not in df.columns]
     if missing:
-        raise ValueError(f"{data.name}: interactions lack column(s) {missing} (have {list(df.columns)}); "
-                         f"load data with recdistill.data.load_interactions or rename the columns")
+        raise DataFormatError(f"{data.name}: interactions lack column(s) {missing} (have {list(df.columns)}); "
+                              f"load data with recdistill.data.load_interactions or rename the columns")
     user_codes, user_uniques = pd.factorize(df["user_id"], sort=True)
     counts = np.bincount(user_codes, minlength=len(user_uniques))
     keep_user = counts >= min_interactions
@@ -45,7 +47,7 @@ def build_sequential_split(data: Interactions, *, min_interactions: int = 3) -> 
         log.warning("%s: %s", data.name, msg)
         filtering_log.append(msg)
     if not keep_user.any():
-        raise ValueError(f"{data.name}: no user has at least {min_interactions} interactions; nothing to split")
+        raise DataFormatError(f"{data.name}: no user has at least {min_interactions} interactions; nothing to split")
     rows = np.flatnonzero(keep_user[user_codes])
     sub = df.iloc[rows]
     user_idx, user_ids = pd.factorize(sub["user_id"], sort=True)
@@ -54,7 +56,8 @@ def build_sequential_split(data: Interactions, *, min_interactions: int = 3) -> 
     order = np.lexsort((timestamps, user_idx))  # lexsort is stable: ties keep original row order
     lengths = np.bincount(user_idx, minlength=len(user_ids))
     if lengths.max() >= EXAMPLE_STRIDE:
-        raise ValueError(f"a user has {lengths.max()} interactions; example ids support < {EXAMPLE_STRIDE}")
+        raise DataFormatError(f"{data.name}: a user has {lengths.max()} interactions; example ids support "
+                              f"< {EXAMPLE_STRIDE}")
     bounds = np.cumsum(lengths)[:-1]
     flat_items = item_idx[order].astype(np.int64) + 1
     sequences = np.split(flat_items, bounds)

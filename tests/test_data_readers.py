@@ -243,3 +243,27 @@ def test_timezone_aware_datetimes(tmp_path):
     df.to_parquet(tmp_path / "tz.parquet")
     ts = load_interactions(tmp_path / "tz.parquet").interactions["timestamp"].tolist()
     assert ts == [1704067200, 1704070800]  # 00:00 and 01:00 UTC
+
+
+@pytest.mark.parametrize("column_map, both", [
+    ({"user": "user_id", "item": "user_id"}, "'user_id' to both user and item"),  # explicit, twice
+    ({"item": "item_id", "timestamp": "item_id"}, "'item_id' to both item and timestamp"),
+    ({"user": "user_id", "user_id": "item_id"}, "gives user twice"),  # a key and its alias disagree
+])
+def test_one_column_for_two_keys_is_refused(tmp_path, column_map, both):
+    pd.DataFrame(ROWS, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataFormatError, match=both):  # was: loaded, user == item or timestamp == item
+        load_interactions(tmp_path / "t.csv", column_map=column_map)
+
+
+def test_a_default_name_never_reuses_a_mapped_column(tmp_path):
+    # 'timestamp' is mapped to the item column: the item must not silently default to the same column
+    pd.DataFrame(ROWS, columns=["user_id", "item_id", "rating", "timestamp"]).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(DataFormatError, match=r"missing required column\(s\) for item"):
+        load_interactions(tmp_path / "t.csv", column_map={"timestamp": "item_id"})
+    # a column that names the item may still give its text
+    pd.DataFrame({"user": [1, 1, 2], "title": ["A (1999)", "B", "A (1999)"], "ts": [1, 2, 3]}).to_csv(
+        tmp_path / "titles.csv", index=False)
+    data = load_interactions(tmp_path / "titles.csv", column_map={"item": "title", "timestamp": "ts"})
+    assert data.interactions["item_id"].tolist() == ["A (1999)", "B", "A (1999)"]
+    assert data.items["title"].tolist() == ["A (1999)", "B"]

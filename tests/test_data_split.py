@@ -187,3 +187,27 @@ def test_cold_targets_are_counted_and_logged(caplog):
     assert split.cold_targets("test") == 1 and split.cold_targets("valid") == 0
     assert split.summary()["cold_test_targets"] == 1
     assert any("never seen in training" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("uid,iid,ts\n1,2,3\n1,3,4\n2,3,5\n", "no user has at least 3 interactions"),
+    ("user_id,item_id,timestamp,rating\n1,2,3,4\n1,3,4,\n1,4,5,3\n", "1 events without a rating"),
+])
+def test_data_errors_are_one_line_on_the_command_line(tmp_path, capsys, text, expected):
+    from recdistill.cli import main
+
+    (tmp_path / "d.csv").write_text(text)
+    argv = ["data", "info", str(tmp_path / "d.csv"), "--column-map", '{"user": "uid", "item": "iid", "timestamp": "ts"}']
+    assert main(argv if text.startswith("uid") else argv[:3]) == 2  # was: a ValueError traceback
+    err = capsys.readouterr().err.strip()
+    assert expected in err and "\n" not in err and "Traceback" not in err
+
+
+def test_split_errors_are_user_errors():
+    from recdistill.errors import user_message
+
+    for call in (lambda: build_sequential_split(make([(1, 10, 1)]), min_interactions=2),
+                 lambda: build_sequential_split(make([(1, 10, 1)]))):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert user_message(err.value) is not None
