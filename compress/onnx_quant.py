@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from recdistill.atomic import write_json
+from recdistill.atomic import atomic_path, write_json
 from recdistill.export.compact import compact_file, compact_names
 
 QUANT_OPS = frozenset({
@@ -85,10 +85,10 @@ def quantize_dynamic_onnx(src: str | Path, dst: str | Path, *, per_channel: bool
     ``nodes_to_exclude``: node names of ``src`` (the names before quantization renames anything).
     An item table that the lookup and the scoring share is split first (``unshared_source``).
     """
-    with tempfile.TemporaryDirectory(prefix="recdistill-dynamic-") as scratch:
-        source, split = unshared_source(src, scratch)
-        config = _quantize_dynamic(source, Path(dst), per_channel, operators, use_optimum, nodes_to_exclude)
-    compact_file(dst)
+    with tempfile.TemporaryDirectory(prefix="recdistill-dynamic-") as scratch, atomic_path(dst) as tmp:
+        source, split = unshared_source(src, scratch)  # the file appears at dst complete (compacted) or not at all
+        config = _quantize_dynamic(source, tmp, per_channel, operators, use_optimum, nodes_to_exclude)
+        compact_file(tmp)
     return _write_config(Path(dst), {**config, "source": Path(src).name, "tables_split_for_scoring": split})
 
 
@@ -228,12 +228,12 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration_feeds: Se
     class Reader(_FeedReader, CalibrationDataReader):
         pass
 
-    with tempfile.TemporaryDirectory(prefix="recdistill-static-") as scratch:
-        source, split = unshared_source(src, scratch)
-        quantize_static(str(source), str(dst), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
+    with tempfile.TemporaryDirectory(prefix="recdistill-static-") as scratch, atomic_path(dst) as tmp:
+        source, split = unshared_source(src, scratch)  # the file appears at dst complete (compacted) or not at all
+        quantize_static(str(source), str(tmp), Reader(calibration_feeds), quant_format=QuantFormat.QDQ,
                         per_channel=per_channel, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         op_types_to_quantize=list(operators), calibrate_method=getattr(CalibrationMethod, method))
-    compact_file(dst)
+        compact_file(tmp)
     return _write_config(dst, {"method": "static_int8", "tool": "onnxruntime.quantization.quantize_static",
                                "why_not_optimum": "ORTQuantizer.fit needs a datasets.Dataset + preprocessing; "
                                                   "calibration feeds here are tensors from the data module",
@@ -250,6 +250,7 @@ def convert_fp16(src: str | Path, dst: str | Path) -> dict[str, Any]:
     src, dst = Path(src), Path(dst)
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
     compact_names(model)
-    onnx.save(model, str(dst))
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
     return _write_config(dst, {"method": "fp16", "tool": "onnxruntime.transformers.float16.convert_float_to_float16",
                                "keep_io_types": True, "source": src.name})

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import onnx
 
+from recdistill.atomic import atomic_path
+
 
 def compact_names(model: onnx.ModelProto) -> int:
     """Rename in place; returns the number of bytes saved in the serialized model. A graph with
@@ -44,9 +46,11 @@ def compact_names(model: onnx.ModelProto) -> int:
 
 
 def compact_file(path: str | Path) -> int:
-    """``compact_names`` on an ONNX file, rewritten in place; returns the bytes saved."""
+    """``compact_names`` on an ONNX file, replaced atomically (a crash leaves the old complete file, never a
+    half-written one); returns the bytes saved."""
     model = onnx.load(str(path))
     saved = compact_names(model)
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     return saved

@@ -181,3 +181,47 @@ def test_ctr_int8_quantizes_the_field_tables_per_row(name, tmp_path):
         names = [i.name for i in session.get_inputs()]
         outputs[p] = 1 / (1 + np.exp(-session.run(None, {k: v for k, v in feed.items() if k in names})[0]))
     assert np.abs(outputs["per_row"] - outputs["fp32"]).max() < 0.05
+
+
+def test_compact_file_interrupted_mid_write_keeps_the_previous_file(fp32_onnx, tmp_path, monkeypatch):
+    """A crash while the compacted model is being written leaves the old complete file, never a truncated one."""
+    import shutil
+
+    from recdistill.export.compact import compact_file
+
+    path = tmp_path / "m.onnx"
+    shutil.copy(fp32_onnx, path)
+    before = path.read_bytes()
+
+    def crash_mid_write(model, f, *args, **kwargs):
+        data = model.SerializeToString()
+        with open(f, "wb") as handle:
+            handle.write(data[: len(data) // 2])  # half the file is on disk when the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save", crash_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        compact_file(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left behind
+    onnx.checker.check_model(onnx.load(str(path)))
+
+
+def test_failed_requantization_leaves_the_previous_artefact_and_its_config(fp32_onnx, tmp_path, monkeypatch):
+    """A quantization that fails after the quantizer wrote its output must not leave that output under the
+    artefact's name next to the previous run's ``.quant.json``."""
+    import recdistill.compress.onnx_quant as onnx_quant
+
+    dst = tmp_path / "int8.onnx"
+    first = quantize_dynamic_onnx(fp32_onnx, dst, per_channel=False)
+    before, config_before = dst.read_bytes(), quant_config_path(dst).read_text()
+
+    def fail(path):
+        raise KeyboardInterrupt  # killed between quantization and compaction
+
+    monkeypatch.setattr(onnx_quant, "compact_file", fail)
+    with pytest.raises(KeyboardInterrupt):
+        quantize_dynamic_onnx(fp32_onnx, dst, per_channel=True)
+    assert dst.read_bytes() == before and quant_config_path(dst).read_text() == config_before
+    assert json.loads(config_before)["per_channel"] is False and first["per_channel"] is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8.onnx", "int8.quant.json"]
