@@ -40,9 +40,12 @@ class GateThresholds:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> "GateThresholds":
         values = dict(values or {})
+        from recdistill.errors import ConfigError
+
         unknown = set(values) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"unknown gate threshold(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+            raise ConfigError(f"unknown gate threshold(s) {sorted(unknown)} under gate; "
+                              f"known: {sorted(cls.__dataclass_fields__)}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

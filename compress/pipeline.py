@@ -26,6 +26,7 @@ written, since its packed weights only reload through pickle).
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -43,9 +44,67 @@ from recdistill.compress.pq import pq_compress, save_pq_student
 from recdistill.compress.prune import count_params, prune_student
 from recdistill.compress.quantize import dynamic_int8, state_bytes
 from recdistill.compress.recover import recover
+from recdistill.errors import ConfigError
 
 _DATA_KEYS = ("eval_split", "calibration_split", "calibration_batches", "max_eval_batches")
 STEPS = ("prune", "recover", "torch_int8", "onnx", "pq", "pq_joint")
+# the settings each step reads itself; the rest of its mapping goes to the function named in ``_step_function``
+_STEP_KEYS = {"prune": ("ratio", "attention", "prune_hidden"), "recover": ("parent_as_teacher",), "torch_int8": (),
+              "onnx": ("dynamic_int8", "static_int8", "fp16", "per_channel", "item_table", "pruned_int8"),
+              "pq": ("recover_epochs", "recover"), "pq_joint": ("settings", "min_item_table_ratio")}
+
+
+def _step_function(step: str) -> tuple[Any, set[str]] | None:
+    """The function a step passes its other settings to, and the arguments the pipeline gives it itself."""
+    if step == "recover":
+        return recover, {"student", "parent", "train_batches"}
+    if step == "pq":
+        return pq_compress, {"model"}
+    if step == "pq_joint":
+        from recdistill.compress.pq_train import train_joint_pq
+
+        return train_joint_pq, {"dm", "name", "init_args", "num_subspaces", "num_centroids", "parent"}
+    return None
+
+
+def _keyword_names(function: Any) -> set[str]:
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {p.name for p in inspect.signature(function).parameters.values() if p.kind in kinds}
+
+
+def check_steps(steps: Mapping[str, Any]) -> None:
+    """Refuse, with a :class:`~recdistill.errors.ConfigError` naming the key, an unknown step or a setting
+    no step reads (a typo would otherwise be ignored, or fail deep in a step with a traceback)."""
+    unknown = sorted(set(steps) - set(STEPS))
+    if unknown:
+        raise ConfigError(f"unknown compress step(s) {unknown} under steps; known: {list(STEPS)}")
+    for step, cfg in steps.items():
+        if cfg is None:
+            continue
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"steps.{step} must be a mapping of settings (or empty), got {cfg!r:.80}")
+        known = set(_STEP_KEYS[step])
+        target = _step_function(step)
+        if target is not None:
+            known |= _keyword_names(target[0]) - target[1]
+        takes_any = target is not None and any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                               for p in inspect.signature(target[0]).parameters.values())
+        bad = [] if takes_any else sorted(set(cfg) - known)
+        if bad:
+            raise ConfigError(f"steps.{step}: unknown setting(s) {bad}; known: {sorted(known)}")
+        schemes = cfg.get("item_table") if step == "onnx" else None
+        if schemes is not None and (not isinstance(schemes, (list, tuple))
+                                    or any(v not in ("per_tensor", "per_row") for v in schemes)):
+            raise ConfigError(f"steps.onnx.item_table must be a list of per_tensor / per_row, got {schemes!r:.80}")
+        nested = cfg.get("recover") if step == "pq" else None
+        if nested is not None:
+            if not isinstance(nested, Mapping):
+                raise ConfigError(f"steps.pq.recover must be a mapping of settings, got {nested!r:.80}")
+            known = _keyword_names(recover) - {"student", "parent", "train_batches", "epochs"}
+            bad = sorted(set(nested) - known)
+            if bad:
+                raise ConfigError(f"steps.pq.recover: unknown setting(s) {bad}; known: {sorted(known)} "
+                                  f"(the epochs are steps.pq.recover_epochs)")
 
 
 @contextmanager
@@ -66,8 +125,8 @@ def _datamodule(parent: nn.Module, data: Mapping[str, Any]):
         return CTRDataModule(**kwargs)
     dm = SequentialDataModule(**kwargs)
     if dm.num_items != parent.num_items:
-        raise ValueError(f"the data has {dm.num_items} items but the student was built for {parent.num_items}: "
-                         "wrong dataset for this student")
+        raise ConfigError(f"data.dataset: the data has {dm.num_items} items but the student was built for "
+                          f"{parent.num_items}: wrong dataset for this student")
     return dm
 
 
@@ -88,6 +147,10 @@ class _Run:
         self.lat_batch_dict = {k: v[: self.lat_batch] for k, v in first.items()}
         self.records: list[dict[str, Any]] = []
         self.parent_sha256 = ""  # set by run_compress (what a reused RecJPQ training must match)
+        # what a RecJPQ training reads besides its own settings: the data-module settings (batch size,
+        # max_len, windows, ...; not the evaluation-only keys) and the data themselves
+        self.training_data = {"settings": {k: v for k, v in data.items() if k not in _DATA_KEYS},
+                              "fingerprint": getattr(dm, "fingerprint", None)}
         with _threads(self.threads):
             self.parent_eval = G.evaluate(G.torch_scorer(parent), self.eval_batches)
             self.parent_latency = self.torch_latency(parent)
@@ -164,7 +227,7 @@ def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     for m, k in settings:
         name = f"pq_joint_m{m}_k{k}"
         folder = out / "pq_joint" / f"m{m}_k{k}"
-        key = joint_setting_key(run.parent_sha256, m, k, cfg)
+        key = joint_setting_key(run.parent_sha256, m, k, cfg, data=run.training_data)
         reused = _reuse_joint_setting(folder, key)
         if reused is not None:
             model, info = reused
@@ -190,14 +253,16 @@ def _pq_joint(run: _Run, cfg: dict[str, Any], out: Path) -> dict[str, Any]:
             "valid_ndcg10": {r["name"]: r["valid_ndcg10"] for r, _ in candidates}}
 
 
-def joint_setting_key(parent_sha256: str, num_subspaces: int, num_centroids: int, cfg: Mapping[str, Any]) -> str:
-    """What one RecJPQ training depends on (parent weights, ``[M, K]``, the training settings):
+def joint_setting_key(parent_sha256: str, num_subspaces: int, num_centroids: int, cfg: Mapping[str, Any],
+                      data: Mapping[str, Any] | None = None) -> str:
+    """What one RecJPQ training depends on (parent weights, ``[M, K]``, the training settings and the
+    data it trains and selects on: ``data`` = the data-module settings + the dataset fingerprint):
     a folder trained under the same key is reused, so adding a setting or resuming a killed run
     trains only what is missing."""
     from recdistill.pipeline import inputs_hash
 
     return inputs_hash({"parent_sha256": parent_sha256, "num_subspaces": num_subspaces,
-                        "num_centroids": num_centroids, "train": dict(cfg)})
+                        "num_centroids": num_centroids, "train": dict(cfg), "data": dict(data or {})})
 
 
 def _reuse_joint_setting(folder: Path, key: str) -> tuple[Any, dict[str, Any]] | None:
@@ -220,10 +285,12 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
     """Run the configured steps on the student in ``student_dir``; writes and returns ``compress.json``."""
     from recdistill.student.io import load_student, save_student
 
-    steps = dict(config.get("steps") or {})
-    unknown = set(steps) - set(STEPS)
+    unknown = sorted(set(config) - {"data", "gate", "latency", "steps"})
     if unknown:
-        raise ValueError(f"unknown compress step(s) {sorted(unknown)}; known: {list(STEPS)}")
+        raise ConfigError(f"unknown compress config key(s) {unknown}; known: ['data', 'gate', 'latency', 'steps']")
+    steps = dict(config.get("steps") or {})
+    check_steps(steps)  # before any data is loaded or model built
+    G.GateThresholds.from_dict(config.get("gate"))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     parent = load_student(student_dir)
@@ -286,7 +353,7 @@ def run_compress(student_dir: str | Path, config: Mapping[str, Any], output_dir:
         for scheme in table:
             name = f"onnx_int8_item_table_{scheme}"
             if scheme not in ("per_tensor", "per_row"):
-                raise ValueError(f"item_table scheme must be per_tensor or per_row, got {scheme!r}")
+                raise ConfigError(f"steps.onnx.item_table: a scheme must be per_tensor or per_row, got {scheme!r}")
             c = int8_onnx(parent, src, onnx_dir / f"{name}.onnx", item_table=scheme)
             candidates.append(run.gate_onnx(name, onnx_dir / f"{name}.onnx", {"quantization": c}))
         if candidates:  # CTR: the passing one with the best AUC (no top-10 to agree on)

@@ -95,3 +95,52 @@ def test_run_compress_on_a_ctr_student(tmp_path):
     per_row = next(r for r in summary["variants"] if r["name"] == "onnx_int8_item_table_per_row")
     assert "per-row" in per_row["quantization"]["item_table"]
     assert "sequential students only" in summary["notes"]["recover"] and "no item table" in summary["notes"]["pq"]
+
+
+@pytest.mark.parametrize("bad, named", [
+    ({"steps": {"prune": {"raito": 0.3}}}, "steps.prune: unknown setting(s) ['raito']"),
+    ({"steps": {"recover": {"epoch": 3}}}, "steps.recover: unknown setting(s) ['epoch']"),
+    ({"steps": {"pq": {"recover": {"lr": 0.01, "epochs": 2}}}}, "steps.pq.recover: unknown setting(s) ['epochs']"),
+    ({"steps": {"onnx": {"item_table": ["per_col"]}}}, "steps.onnx.item_table"),
+    ({"steps": {"prune": 0.5}}, "steps.prune must be a mapping"),
+    ({"steps": {"quantise": {}}}, "unknown compress step(s) ['quantise']"),
+    ({"gate": {"min_top_10_overlap": 0.9}, "steps": {}}, "unknown gate threshold(s) ['min_top_10_overlap']"),
+    ({"step": {"prune": {}}}, "unknown compress config key(s) ['step']"),
+])
+def test_compress_config_mistakes_are_one_line_errors_naming_the_key(tmp_path, capsys, bad, named):
+    """A typo in a compress config is refused up front, in one line naming the key, exit status 2: never
+    silently ignored (the default used instead) nor a traceback from deep inside a step."""
+    import yaml
+
+    from recdistill.cli import main
+    from recdistill.data import synthetic_interactions
+    from recdistill.student.io import save_student
+
+    csv = tmp_path / "x.csv"
+    synthetic_interactions(num_users=20, num_items=15, mean_length=6, seed=1).interactions.to_csv(csv, index=False)
+    save_student(build_student("sasrec", num_items=15, hidden_size=8, num_layers=1, max_len=6), tmp_path / "student")
+    config = {"data": {"dataset": str(csv), "max_len": 6}, "latency": {"runs": 1}, **bad}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    code = main(["compress", "--student", str(tmp_path / "student"), "--config", str(tmp_path / "c.yaml"),
+                 "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and named in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out" / "compress.json").exists()
+
+
+def test_compress_on_another_dataset_is_a_one_line_error(tmp_path, capsys):
+    from recdistill.cli import main
+    from recdistill.data import synthetic_interactions
+    from recdistill.student.io import save_student
+
+    csv = tmp_path / "x.csv"
+    data = synthetic_interactions(num_users=20, num_items=15, mean_length=6, seed=1).interactions
+    data.to_csv(csv, index=False)
+    n = int(data["item_id"].nunique())
+    save_student(build_student("sasrec", num_items=n + 3, hidden_size=8, num_layers=1, max_len=6),
+                 tmp_path / "student")
+    (tmp_path / "c.yaml").write_text(f"data: {{dataset: {csv}, max_len: 6}}\nsteps: {{}}\n")
+    code = main(["compress", "--student", str(tmp_path / "student"), "--config", str(tmp_path / "c.yaml"),
+                 "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "data.dataset" in err and "wrong dataset" in err and "Traceback" not in err

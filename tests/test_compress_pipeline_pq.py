@@ -87,3 +87,40 @@ def test_pq_joint_reuses_a_setting_trained_with_the_same_parent_and_settings(tmp
     third = run_compress(tmp_path / "student", config([[4, 8]], kd_weight=1.0), out)  # distilled from the parent
     assert len(trained) == 4 and taught == [False, False, False, True]
     assert third["variants"][0]["pq"]["teacher"] == "fp32 parent"
+
+
+def test_pq_joint_retrains_when_the_training_data_change(tmp_path, monkeypatch):
+    """The reuse key covers what the training reads besides its own settings: the data-module settings
+    (e.g. batch size) and the data (a file edited in place, same catalogue); evaluation-only keys do not count."""
+    import pandas as pd
+
+    import recdistill.compress.pq_train as pq_train
+
+    csv = _planted_parent(tmp_path, 60, 30, 8, seed=3, hidden=8)
+    trained = []
+    real = pq_train.train_joint_pq
+    monkeypatch.setattr(pq_train, "train_joint_pq", lambda *a, **kw: trained.append(kw["num_subspaces"]) or
+                        real(*a, **kw))
+
+    def config(batch_size=32, max_eval_batches=1):
+        return {"data": {"dataset": str(csv), "max_len": 8, "batch_size": batch_size,
+                         "max_eval_batches": max_eval_batches, "calibration_batches": 1},
+                "gate": {"min_top10_overlap": 0.0, "max_ndcg_drop": 1.0, "max_latency_ratio": None},
+                "latency": {"runs": 2},
+                "steps": {"pq_joint": {"settings": [[4, 8]], "min_item_table_ratio": 1.0, "max_epochs": 1,
+                                       "patience": 1, "lr": 0.003, "seed": 0}}}
+
+    out = tmp_path / "out"
+    run_compress(tmp_path / "student", config(), out)
+    assert len(trained) == 1
+    run_compress(tmp_path / "student", config(max_eval_batches=2), out)  # evaluation only: reused
+    assert len(trained) == 1
+    run_compress(tmp_path / "student", config(batch_size=16), out)  # another batch size: trained again
+    assert len(trained) == 2
+    frame = pd.read_csv(csv)  # the same users and items, each user's order reversed: other sequences
+    frame["timestamp"] = frame.groupby("user_id")["timestamp"].transform(lambda t: t.iloc[::-1].to_numpy())
+    frame.to_csv(csv, index=False)
+    summary = run_compress(tmp_path / "student", config(batch_size=16), out)
+    assert len(trained) == 3
+    run_compress(tmp_path / "student", config(batch_size=16), out)  # nothing changed: reused
+    assert len(trained) == 3 and summary["variants"][0]["pq"]["setting_key"]
