@@ -47,9 +47,20 @@ def _quality_keys(test: dict[str, Any]) -> list[str]:
     return keys
 
 
-def _student_row(run_dir: Path, key: str, description: str) -> dict[str, Any] | None:
-    files = sorted((run_dir / "students" / key).glob("seed*/metrics.json"),
-                   key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
+def _seed_metrics(run_dir: Path, key: str, seeds: Sequence[int] | None) -> list[Path]:
+    """``students/<key>/seed<S>/metrics.json`` of the run's ``seeds`` (``run.json``), in their order; a folder
+    of a seed the run no longer has (left by an earlier run of the same folder) is not this run's result.
+    Without ``seeds`` (an older run folder): every seed folder, by seed."""
+    root = run_dir / "students" / key
+    if seeds is not None:
+        return [f for f in (root / f"seed{int(s)}" / "metrics.json" for s in seeds) if f.is_file()]
+    return sorted(root.glob("seed*/metrics.json"),
+                  key=lambda p: int(p.parent.name[4:]) if p.parent.name[4:].isdigit() else 0)
+
+
+def _student_row(run_dir: Path, key: str, description: str,
+                 seeds: Sequence[int] | None = None) -> dict[str, Any] | None:
+    files = _seed_metrics(run_dir, key, seeds)
     if not files:
         return None
     runs = [json.loads(f.read_text()) for f in files]
@@ -174,13 +185,16 @@ def collect_run(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     info = _read(run_dir / "run.json") or {}
     rows = _teacher_rows(run_dir)
-    distill_metrics = sorted((run_dir / "students" / "distilled").glob("seed*/metrics.json"))
+    seeds = info.get("seeds")
+    seeds = seeds if isinstance(seeds, list) and all(isinstance(s, int) for s in seeds) else None
+    distill_metrics = _seed_metrics(run_dir, "distilled", seeds)
     terms = ""
     if distill_metrics:
         distill = json.loads(distill_metrics[0].read_text()).get("distill", {})
         terms = ", ".join(f"{t['name']}x{t.get('weight', 1.0)}" for t in distill.get("terms") or [])
-    vanilla = _student_row(run_dir, "vanilla", "student trained on the data alone")
-    distilled = _student_row(run_dir, "distilled", f"student distilled from the teacher's signals ({terms or 'no terms'})")
+    vanilla = _student_row(run_dir, "vanilla", "student trained on the data alone", seeds)
+    distilled = _student_row(run_dir, "distilled", f"student distilled from the teacher's signals ({terms or 'no terms'})",
+                             seeds)
     rows += [r for r in (vanilla, distilled) if r is not None]
     rows += _compressed_rows(run_dir, distilled)
     _attach_profile(run_dir, rows)

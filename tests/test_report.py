@@ -142,3 +142,19 @@ def test_report_has_every_row_and_the_plot(tmp_path):
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert [r["p50_ms"] for r in rows] == [6.0, 0.5] and rows[0]["num_parameters"] == 9_000_000
     assert (tmp_path / "quality_vs_latency.png").read_bytes()[:8] == PNG
+
+
+def test_report_averages_only_the_seeds_of_the_run(tmp_path):
+    """A run folder re-run with fewer seeds keeps the old ``seed<S>`` folders; the report must not average them in."""
+    run = _fake_run(tmp_path)
+    info = json.loads((run / "run.json").read_text())
+    _write(run / "run.json", {**info, "seeds": [1]})  # the same folder, re-run with seeds [1]
+    compare_runs([run], tmp_path / "report")
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    rows = {r["key"]: r for r in report["rows"]}
+    assert rows["vanilla"]["seeds"] == 1 and rows["vanilla"]["metrics"]["ndcg@10"] == 0.104
+    assert rows["distilled"]["seeds"] == 1 and rows["distilled"]["metrics"]["ndcg@10"] == 0.112
+    assert rows["vanilla"]["std"] == {} and rows["vanilla"]["sources"]["metrics"] == [
+        "students/vanilla/seed1/metrics.json#test"]
+    changes = {(c["from"], c["to"]): c for c in report["stage_changes"]["fake"]}
+    assert changes[("vanilla", "distilled")]["delta"] == pytest.approx(0.008)
