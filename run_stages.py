@@ -140,15 +140,28 @@ def export_stage(directory: Path, students: dict[str, Path], cfg: dict[str, Any]
     return {"digest": digest_files(*(directory / f"{n}.onnx" for n in students)), "models": results}
 
 
+# compressed ONNX files by report row, and the compress.json variant whose run wrote the file
+COMPRESSED_ARTEFACTS = {"pruned": ("pruned_fp32.onnx", "onnx_pruned_int8"),
+                        "quantized": ("int8_dynamic.onnx", "onnx_int8_dynamic"),
+                        "pruned+quantized": ("pruned_int8.onnx", "onnx_pruned_int8")}
+
+
 def servable_artefacts(run_dir: Path) -> dict[str, Path]:
-    """The ONNX files the report profiles, by report row: exported students + compressed variants."""
+    """The ONNX files the report profiles, by report row: exported students + compressed variants.
+
+    A compressed file counts only when the last compress run (``compressed/compress.json``) made it: the
+    stage writes into the same folder on every run, so a file of a step since turned off is stale."""
     candidates = {
         "vanilla": run_dir / "export" / "vanilla.onnx",
         "distilled": run_dir / "export" / "distilled.onnx",
-        "pruned": run_dir / "compressed" / "onnx" / "pruned_fp32.onnx",
-        "quantized": run_dir / "compressed" / "onnx" / "int8_dynamic.onnx",
-        "pruned+quantized": run_dir / "compressed" / "onnx" / "pruned_int8.onnx",
     }
+    summary = run_dir / "compressed" / "compress.json"
+    made = set()
+    if summary.is_file():
+        made = {r.get("name") for r in json.loads(summary.read_text()).get("variants", []) if isinstance(r, dict)}
+    for name, (file, variant) in COMPRESSED_ARTEFACTS.items():
+        if variant in made:
+            candidates[name] = run_dir / "compressed" / "onnx" / file
     return {name: path for name, path in candidates.items() if path.is_file()}
 
 

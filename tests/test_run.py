@@ -202,3 +202,24 @@ def test_packaged_run_recipes_resolve():
     assert quick["seeds"] == [0] and len(load_run_recipe("ml100k_full")["seeds"]) >= 3
     compress = stage_recipe(quick["compress"])
     assert "pq" not in compress["steps"] and compress["steps"]["recover"]["epochs"] == 3
+
+
+def test_profile_skips_compressed_files_a_later_compress_run_did_not_make(tmp_path):
+    """The compress stage writes into the same folder on every run: a file of a step since turned off (here the
+    pruned ONNX files) is stale and must not be profiled as this run's pruned model."""
+    from recdistill.run import servable_artefacts
+
+    onnx_dir = tmp_path / "compressed" / "onnx"
+    onnx_dir.mkdir(parents=True)
+    for name in ("pruned_fp32.onnx", "int8_dynamic.onnx", "pruned_int8.onnx"):
+        (onnx_dir / name).write_bytes(b"onnx")
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "distilled.onnx").write_bytes(b"onnx")
+    records = [{"name": "pruned_recovered"}, {"name": "onnx_fp32"}, {"name": "onnx_int8_dynamic"},
+               {"name": "onnx_pruned_int8"}]
+    (tmp_path / "compressed" / "compress.json").write_text(json.dumps({"variants": records}))
+    assert set(servable_artefacts(tmp_path)) == {"distilled", "pruned", "quantized", "pruned+quantized"}
+    # re-run with steps.onnx.pruned_int8: false: the pruned files on disk are the previous run's
+    (tmp_path / "compressed" / "compress.json").write_text(json.dumps({"variants": records[:3]}))
+    found = servable_artefacts(tmp_path)
+    assert found == {"distilled": tmp_path / "export" / "distilled.onnx", "quantized": onnx_dir / "int8_dynamic.onnx"}
