@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from recdistill.distill.embedding import TeacherEmbeddingFusion, pca_init
 from recdistill.distill.terms import (
-    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, declared_inputs, teacher_dims_for,
+    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, check_epoch_coverage, declared_inputs, teacher_dims_for,
 )
 from recdistill.distill.registry import DISTILL_LOSSES
 from recdistill.distill.soft_targets import RowMemory, SoftTargetSource, pack_soft_targets
@@ -70,6 +70,7 @@ class DistilledSequentialRecommender(SequentialRecommender):
         from recdistill.teacher.cache_reader import TeacherSignals
 
         self.signals_dir = str(signals)
+        self._epoch_batches = self._epoch_covered = 0  # training batches with terms / with a covered row
         # verify: every shard's sha256 against the manifest once per fit (a flipped byte is refused)
         self.signals = TeacherSignals(signals, num_items=num_items or None, in_memory=in_memory, verify=True)
         specs = [TermSpec.parse(t, i) for i, t in enumerate(terms)]
@@ -82,8 +83,10 @@ class DistilledSequentialRecommender(SequentialRecommender):
         needs_table = bool(wanted & {"item_embeddings"})
         table = self.signals.item_embeddings().float() if needs_table else None
         signal_dims = self._signal_dims(wanted, table)
+        block_widths = self._student_block_widths()
         student_dims = {"student_dim": int(self.student.hidden_size),
-                        "num_student_blocks": self._num_student_blocks()}
+                        "num_student_blocks": len(block_widths),
+                        "student_dims": block_widths}  # per block: GRU4Rec's inner blocks are gru_size wide
         self.terms = nn.ModuleList()
         for spec in specs:
             inputs = declared_inputs(DISTILL_LOSSES[spec.name], spec.params)
@@ -116,16 +119,17 @@ class DistilledSequentialRecommender(SequentialRecommender):
             dims["item_embeddings"] = int(table.shape[1])
         return dims
 
-    def _num_student_blocks(self) -> int:
-        """How many block outputs the student exposes (``Encoded.layers`` without the embedding output)."""
+    def _student_block_widths(self) -> list[int]:
+        """The width of each block output the student exposes (``Encoded.layers`` without the embedding
+        output); the layer contract lets them differ from ``hidden_size`` (GRU4Rec's ``gru_size``)."""
         probe = torch.zeros(1, 2, dtype=torch.long)
         probe[0, -1] = 1
         was_training = self.student.training
         self.student.eval()
         with torch.no_grad():
-            count = len(self._block_states(self.student.encode(probe)))
+            widths = [int(layer.shape[-1]) for layer in self._block_states(self.student.encode(probe))]
         self.student.train(was_training)
-        return count
+        return widths
 
     @staticmethod
     def _block_states(encoded: Any) -> tuple[Tensor, ...]:
@@ -173,7 +177,17 @@ class DistilledSequentialRecommender(SequentialRecommender):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.task_loss(batch)
         context, coverage = self._context(out, batch) if len(self.terms) else (None, 0.0)
+        if len(self.terms):
+            self._epoch_batches += 1
+            self._epoch_covered += int(context is not None)
         return add_terms(self, out.loss, self.terms, context, coverage, batch["input_ids"].shape[0])
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_batches = self._epoch_covered = 0
+
+    def on_train_epoch_end(self) -> None:
+        """A whole epoch without one covered training row means no distillation at all: fail loudly."""
+        check_epoch_coverage(self, self._epoch_batches, self._epoch_covered, self.signals_dir)
 
     def _context(self, out: Any, batch: dict[str, Tensor]) -> tuple[dict[str, Any] | None, float]:
         """The context entries the terms read, over the covered rows only (None if none is covered)."""

@@ -57,13 +57,14 @@ class MultiLayerAlignmentLoss(nn.Module):
         L_kd = Σ_{b=1..B} [ λ · (1 − cos(P_b(h_S^b), h_T^{m(b)})) + c · ‖P_b(h_S^b) − h_T^{m(b)}‖₂ ]
 
     with one trainable projector P_b: d_S → d_T per block (``projector="linear"`` default, ``"mlp"``,
-    or ``"identity"`` when d_S == d_T as in SLMRec's same-shape student), λ = ``lam`` (default 1),
-    c = ``l2_coef`` (default 0.1), ‖·‖₂ the (non-squared) Euclidean norm. Teacher states are
-    detached (stop-gradient) and cast to the student's dtype.
+    or ``"identity"`` when d_S == d_T as in SLMRec's same-shape student; ``student_dims`` gives one
+    input width per block when the blocks differ, e.g. GRU4Rec's inner GRU outputs of width
+    ``gru_size``), λ = ``lam`` (default 1), c = ``l2_coef`` (default 0.1), ‖·‖₂ the (non-squared)
+    Euclidean norm. Teacher states are detached (stop-gradient) and cast to the student's dtype.
 
     Inputs:
-        student_states: list of B tensors ``[R, d_S]`` (block-end states, in block order) or one
-            tensor ``[R, B, d_S]``.
+        student_states: list of B tensors ``[R, d_S]`` (block-end states, in block order; block b of
+            width ``student_dims[b]`` when given) or one tensor ``[R, B, d_S]``.
         teacher_layers: ``[R, L_T, d_T]`` — the cache's ``layers`` signal, i.e. the chosen teacher
             layers stacked in the order of the manifest's ``layers`` list.
         mask: optional bool ``[R]``, True where the row has teacher states; other rows contribute 0.
@@ -102,6 +103,7 @@ class MultiLayerAlignmentLoss(nn.Module):
         hidden_dim: Optional[int] = None,
         weight: float = 1.0,
         reduction: str = "mean",
+        student_dims: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         self.student_dim = check_positive_int("student_dim", student_dim)
@@ -124,18 +126,25 @@ class MultiLayerAlignmentLoss(nn.Module):
                     f"({num_teacher_layers} teacher layers stacked in the cache)"
                 )
         self.mapping: List[int] = list(mapping)
+        if student_dims is None:
+            student_dims = [student_dim] * num_student_blocks
+        student_dims = [check_positive_int("student_dims entry", int(d)) for d in student_dims]
+        if len(student_dims) != num_student_blocks:
+            raise ValueError(f"student_dims has {len(student_dims)} entries but there are {num_student_blocks} "
+                             f"student blocks (one width per block expected)")
+        self.student_dims: List[int] = student_dims
         if lam < 0 or l2_coef < 0:
             raise ValueError(f"lam and l2_coef must be >= 0, got lam={lam}, l2_coef={l2_coef}")
         self.lam = float(lam)
         self.l2_coef = float(l2_coef)
         self.projectors = nn.ModuleList(
-            make_projector(projector, student_dim, teacher_dim, hidden_dim) for _ in range(num_student_blocks)
+            make_projector(projector, d, teacher_dim, hidden_dim) for d in self.student_dims
         )
         self.weight = float(weight)
         self.reduction = check_reduction(reduction)
 
     def extra_repr(self) -> str:
-        return (f"student_dim={self.student_dim}, teacher_dim={self.teacher_dim}, "
+        return (f"student_dims={self.student_dims}, teacher_dim={self.teacher_dim}, "
                 f"blocks={self.num_student_blocks}, teacher_layers={self.num_teacher_layers}, "
                 f"mapping={self.mapping}, lam={self.lam}, l2_coef={self.l2_coef}, weight={self.weight}, "
                 f"reduction={self.reduction!r}")
@@ -161,8 +170,8 @@ class MultiLayerAlignmentLoss(nn.Module):
             )
         R = teacher_layers.shape[0]
         for b, s in enumerate(student_states):
-            if tuple(s.shape) != (R, self.student_dim):
-                raise ValueError(f"student block {b} state must be [{R}, {self.student_dim}], got {tuple(s.shape)}")
+            if tuple(s.shape) != (R, self.student_dims[b]):
+                raise ValueError(f"student block {b} state must be [{R}, {self.student_dims[b]}], got {tuple(s.shape)}")
         valid = rows_mask(mask, torch.Size([R]), student_states[0].device)
         out = []
         for b, (s, proj) in enumerate(zip(student_states, self.projectors)):

@@ -205,6 +205,32 @@ def test_multilayer_matches_brute_force(mapping):
     assert torch.allclose(loss(states, teacher, mask), torch.tensor(ref_rows, dtype=torch.float64), atol=1e-12)
 
 
+def test_multilayer_blocks_of_different_widths_match_brute_force():
+    """The layer contract lets blocks differ in width (GRU4Rec's inner blocks are ``gru_size`` wide):
+    ``student_dims`` gives each block a projector of its own input width."""
+    g = _gen(7)
+    R, dT = 3, 5
+    widths = [6, 4]
+    loss = MultiLayerAlignmentLoss(4, dT, num_student_blocks=2, num_teacher_layers=2, student_dims=widths,
+                                   lam=1.0, l2_coef=0.1).double()
+    assert [p.in_features for p in loss.projectors] == widths
+    states = [torch.randn(R, w, generator=g, dtype=torch.float64) for w in widths]
+    teacher = torch.randn(R, 2, dT, generator=g, dtype=torch.float64)
+    got = loss(states, teacher)
+    ref = 0.0
+    with torch.no_grad():
+        for r in range(R):
+            for b in range(2):
+                p = loss.projectors[b](states[b][r:r + 1])[0].tolist()
+                t = teacher[r, loss.mapping[b]].tolist()
+                ref += (1 - _cos(p, t)) + 0.1 * _norm(_vec_sub(p, t))
+    assert got.item() == pytest.approx(ref / R, rel=1e-10)
+    with pytest.raises(ValueError, match=r"student block 0 state must be \[3, 6\]"):
+        loss([states[1], states[1]], teacher)
+    with pytest.raises(ValueError, match=r"student_dims has 3 entries but there are 2 student blocks"):
+        MultiLayerAlignmentLoss(4, dT, num_student_blocks=2, num_teacher_layers=2, student_dims=[4, 4, 4])
+
+
 def test_multilayer_stopgrad_every_projector_gets_grad_masked_rows():
     torch.manual_seed(0)
     states = [torch.randn(3, 4, requires_grad=True) for _ in range(2)]
