@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from recdistill.distill.registry import DISTILL_LOSSES
 from recdistill.distill.terms import (
-    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, declared_inputs, teacher_dims_for,
+    TEACHER_SIGNALS, DistillTerm, TermSpec, add_terms, check_epoch_coverage, declared_inputs, teacher_dims_for,
 )
 from recdistill.student.tasks import CTRFactory, CTRRecommender
 
@@ -68,6 +68,7 @@ class DistilledCTRRecommender(CTRRecommender):
         super().__init__(student, field_dims=field_dims, dense_dim=dense_dim, num_items=num_items, lr=lr,
                          weight_decay=weight_decay)
         self.signals_dir = str(signals)
+        self._epoch_batches = self._epoch_covered = 0  # training batches with terms / with a covered row
         self.signals = reader
         self.knowledge = knowledge
         self._knowledge_ready = False
@@ -111,7 +112,15 @@ class DistilledCTRRecommender(CTRRecommender):
             self.knowledge_info, self._user_projection = tables.info, tables.user_projection
             self._knowledge_ready = True
         if "teacher_logits" in self._context_keys and not bool(self.calibration[2]):
-            a, b = fit_platt(*self._training_scores(datamodule))
+            scores, labels = self._training_scores(datamodule)
+            if scores.numel() == 0:  # a user-fixable cache problem: one line, no traceback
+                from recdistill.teacher.cache_format import MissingSignalError
+
+                raise MissingSignalError(
+                    f"no CTR training row has a teacher row in the signals cache {self.signals_dir} to calibrate "
+                    f"the teacher's scores on: emit the teacher on the training split (`recdistill teacher emit` "
+                    f"with --emit.splits including train)")
+            a, b = fit_platt(scores, labels)
             self.calibration.copy_(torch.tensor([a, b, 1.0]))
             print(f"teacher scores calibrated to clicks on the training rows: sigmoid({a:.4f} * z + {b:.4f})")
 
@@ -141,7 +150,17 @@ class DistilledCTRRecommender(CTRRecommender):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         out = self.task_loss(batch)
         context, coverage = self._context(out, batch) if len(self.terms) else (None, 0.0)
+        if len(self.terms):
+            self._epoch_batches += 1
+            self._epoch_covered += int(context is not None)
         return add_terms(self, out.loss, self.terms, context, coverage, batch["label"].shape[0])
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_batches = self._epoch_covered = 0
+
+    def on_train_epoch_end(self) -> None:
+        """A whole epoch without one covered training row means no distillation at all: fail loudly."""
+        check_epoch_coverage(self, self._epoch_batches, self._epoch_covered, self.signals_dir)
 
     def _context(self, out: Any, batch: dict[str, Tensor]) -> tuple[dict[str, Any] | None, float]:
         example_ids = batch["example_id"].detach().cpu()

@@ -171,6 +171,26 @@ def add_terms(module: Any, task_loss: Tensor, terms: Sequence[DistillTerm],
     return total
 
 
+def check_epoch_coverage(module: Any, batches: int, covered: int, cache: str) -> None:
+    """Fail loudly (:class:`~recdistill.teacher.cache_format.MissingSignalError`, shown as one line by the
+    command) when a training epoch ran ``batches`` batches with terms and none had a covered row (summed
+    over the processes): the terms were never applied, the student trained without distillation (a
+    cache emitted without the training split, or for other example ids). Partial coverage is fine."""
+    import torch
+
+    counts = torch.tensor([float(batches), float(covered)], device=module.device)
+    trainer = getattr(module, "_trainer", None)
+    if trainer is not None and trainer.world_size > 1:  # every process takes part, so none waits
+        counts = trainer.strategy.reduce(counts, reduce_op="sum")
+    if counts[0] > 0 and counts[1] == 0:
+        from recdistill.teacher.cache_format import MissingSignalError
+
+        raise MissingSignalError(
+            f"no training example of this epoch has a teacher row in the signals cache {cache}: the "
+            f"distillation terms were never applied; emit the teacher on the training split "
+            f"(`recdistill teacher emit` with --emit.splits including train)")
+
+
 def teacher_dims_for(inputs: Mapping[str, str], signal_dims: Mapping[str, int]) -> dict[str, int]:
     """``teacher_dim`` (and ``num_teacher_layers``) for a term from the cache signals it reads."""
     dims: dict[str, int] = {}
@@ -184,4 +204,4 @@ def teacher_dims_for(inputs: Mapping[str, str], signal_dims: Mapping[str, int]) 
 
 
 __all__ = ["TEACHER_SIGNALS", "CONTEXT_KEYS", "TermSpec", "TermConfigError", "DistillTerm", "declared_inputs",
-           "teacher_dims_for", "add_terms"]
+           "teacher_dims_for", "add_terms", "check_epoch_coverage"]

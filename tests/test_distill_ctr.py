@@ -98,3 +98,26 @@ def test_a_sequence_only_term_is_refused_for_ctr(split, tmp_path):
     cache = _cache(ctr_train_prefix(split), tmp_path / "c")
     with pytest.raises(ValueError, match="does not have"):
         _module(dm, cache, [{"name": "rd"}])
+
+
+@pytest.mark.parametrize("term", ["ctr_soft_bce", "contrastive"])
+def test_a_cache_without_training_rows_fails_loudly(split, tmp_path, term):
+    """A cache whose example ids match no CTR training row: the calibration (teacher scores) or the first
+    epoch (other terms) fails with one line naming the fix, instead of a traceback or a silent plain fit."""
+    from recdistill.errors import user_message
+    from recdistill.teacher.cache_format import MissingSignalError
+
+    dm = CTRDataModule.from_split(split, batch_size=64)
+    prefix = ctr_train_prefix(split)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([u * EXAMPLE_STRIDE + len(seq) + 1000 for u, seq in enumerate(prefix.sequences)])  # no such event
+    rows = {"valid": {"example_id": ids, "score_user": torch.randn(len(ids), 4, generator=g),
+                      "hidden": torch.randn(len(ids), 6, generator=g).half()}}
+    tables = {"item_embeddings": torch.randn(split.num_items + 1, 6, generator=g),
+              "score_items": torch.randn(split.num_items + 1, 4, generator=g)}
+    cache = write_cache(tmp_path / "elsewhere", rows, split=prefix, item_tables=tables, teacher={"kind": "random"})
+    module = _module(dm, cache, [{"name": term, "params": {"alpha": 1.0}} if term == "ctr_soft_bce" else {"name": term}])
+    module.log = lambda *a, **k: None  # type: ignore[method-assign]
+    with pytest.raises(MissingSignalError, match="emit the teacher on the training split") as err:
+        _trainer().fit(module, datamodule=dm)
+    assert user_message(err.value) is not None

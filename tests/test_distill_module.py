@@ -170,6 +170,8 @@ def test_distilled_student_beats_plain_student_when_the_teacher_knows_the_patter
 @pytest.mark.parametrize("name, kwargs", [
     ("sasrec", dict(hidden_size=16, num_layers=2, num_heads=1, dropout=0.0, max_len=8)),
     ("gru4rec", dict(hidden_size=16, dropout=0.0)),
+    # inner GRU blocks narrower than hidden_size (layer contract): multilayer projects each block from its width
+    ("gru4rec", dict(hidden_size=16, num_layers=2, gru_size=12, dropout=0.0)),
     ("caser", dict(hidden_size=16, dropout=0.0)),
     ("bert4rec", dict(hidden_size=16, num_layers=2, num_heads=1, dropout=0.0, max_len=9)),
 ])
@@ -222,3 +224,31 @@ def test_teacher_logits_kept_in_memory_equal_the_rebuilt_ones(split, datamodule,
     assert losses[0] == losses[1] == pytest.approx(losses[2], rel=1e-6)
     # the KL reads soft targets prepared once per row at its temperature; none kept without a budget
     assert int(kept._memories[("soft", 2.0)].filled.sum()) > 0 and fresh._memories[("soft", 2.0)] is None
+
+
+def test_a_cache_without_training_rows_fails_loudly_instead_of_training_without_distillation(split, datamodule,
+                                                                                            every_third, tmp_path):
+    """A cache emitted without the training split (``--emit.splits [valid, test]``) covers no training
+    position: every term used to add 0 for the whole fit, silently a plain student."""
+    from recdistill.data import EXAMPLE_STRIDE
+    from recdistill.errors import user_message
+    from recdistill.teacher.cache_format import MissingSignalError
+    from recdistill.teacher.cache_writer import write_cache
+
+    # validation targets only (index len - 2 of each user's sequence); training labels are at 1..len - 3
+    ids = torch.tensor([u * EXAMPLE_STRIDE + len(seq) - 2 for u, seq in enumerate(split.sequences)])
+    top = torch.randint(1, split.num_items + 1, (len(ids), 5), generator=torch.Generator().manual_seed(0))
+    cache = write_cache(tmp_path / "valid_only", {"valid": {"example_id": ids, "topk_items": top.int()}}, split=split,
+                        item_tables={"item_embeddings": torch.randn(split.num_items + 1, 4)}, teacher={"kind": "test"})
+
+    def fit(signals):
+        module = DistilledSequentialRecommender(_student(split), signals=str(signals), num_items=split.num_items,
+                                                terms=[{"name": "rd"}])
+        trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, limit_val_batches=0)
+        trainer.fit(module, datamodule=datamodule)
+
+    with pytest.raises(MissingSignalError, match="no training example .* emit the teacher on the training split") as err:
+        fit(cache)
+    assert str(tmp_path / "valid_only") in str(err.value) and user_message(err.value) is not None
+    fit(every_third)  # partial coverage (one position in three) is fine
