@@ -119,8 +119,19 @@ def _recording_init(init: Callable[..., None]) -> Callable[..., None]:
 
 
 def _plain(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Turn tuples into lists so the arguments round-trip through JSON/YAML."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}
+    """Turn tuples into lists and NumPy scalars (e.g. ``np.int64`` sizes read from arrays) into Python
+    numbers, at any depth, so the arguments round-trip through JSON/YAML (``save_student``'s spec)."""
+    return {k: _plain_value(v) for k, v in arguments.items()}
+
+
+def _plain_value(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain_value(v) for k, v in value.items()}
+    if type(value).__module__ == "numpy" and hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def item_input_table(student: nn.Module) -> torch.Tensor:

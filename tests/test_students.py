@@ -196,6 +196,25 @@ def test_save_load_round_trip(name: str, tmp_path: Any) -> None:
     torch.testing.assert_close(loaded(*inputs), model(*inputs))
 
 
+@pytest.mark.parametrize("name", ["sasrec", "kar"])
+def test_sizes_given_as_numpy_scalars_save_and_load(name: str, tmp_path: Any) -> None:
+    """Sizes read from arrays (``np.int64``) are recorded as plain numbers: the spec is written and rebuilds
+    the same model (they used to make ``save_student`` fail with 'int64 is not JSON serializable')."""
+    import numpy as np
+
+    kwargs = SEQ_KWARGS.get(name) or CTR_KWARGS[name]
+    numpy_kwargs = {k: np.int64(v) if isinstance(v, int) and not isinstance(v, bool) else v
+                    for k, v in kwargs.items()}
+    if name == "kar":
+        numpy_kwargs["field_dims"] = list(np.asarray(FIELD_DIMS, dtype=np.int64))
+        numpy_kwargs["backbone_args"] = {**kwargs["backbone_args"], "embed_dim": np.int64(8)}
+    model = build_student(name, **numpy_kwargs).eval()
+    loaded = load_student(save_student(model, tmp_path / name))
+    assert loaded.init_args == model.init_args == build_student(name, **kwargs).init_args
+    inputs = (left_padded(2, 6, [3, 0]),) if name in SEQ_KWARGS else ctr_inputs(3)
+    torch.testing.assert_close(loaded(*inputs), model(*inputs))
+
+
 def test_build_student_errors() -> None:
     with pytest.raises(UnknownStudentError, match="known students: .*sasrec"):
         build_student("sasrek", num_items=3)
