@@ -39,6 +39,7 @@ import lightning as L
 import torch
 
 from recdistill.data.schema import SequentialSplit
+from recdistill.errors import ConfigError
 from recdistill.teacher.cache_format import (
     DTYPES, EXAMPLE_ID_SCHEME, FORMAT_VERSION, SCORING, SPLITS, CacheMismatchError, compare, item_space_hash,
     read_json,
@@ -124,21 +125,34 @@ def emit_signals(
     out = Path(output_dir)
     layers = [int(i) for i in layers]
     splits = list(dict.fromkeys(splits))
+    # every setting is checked here, before anything is written: a cache whose manifest records an
+    # impossible setting would refuse the corrected run as a mismatch (ConfigError: one line in the CLI)
     for s in splits:
         if s not in SPLITS:
-            raise ValueError(f"unknown split {s!r}; use one of {SPLITS}")
+            raise ConfigError(f"emit.splits: unknown split {s!r}; use one of {list(SPLITS)}")
     n_states = int(module.hparams.num_layers) + 1
     for i in layers:
         if not 0 <= i < n_states:
-            raise ValueError(f"layer index {i} out of range 0..{n_states - 1} (0 = inputs, {n_states - 1} = final)")
+            raise ConfigError(f"emit.layers: layer index {i} out of range 0..{n_states - 1} (0 = inputs, "
+                              f"{n_states - 1} = final)")
     if module.num_items != split.num_items:
         raise CacheMismatchError(f"teacher has num_items={module.num_items} but the dataset has {split.num_items}")
+    if not 1 <= int(k) <= split.num_items:
+        raise ConfigError(f"emit.k must be in 1..{split.num_items} (the number of items), got {k}")
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("train_every", train_every)):
+        if int(value) < 1:
+            raise ConfigError(f"emit.{name} must be >= 1, got {value}")
+    if int(item_chunk_size) < 1:
+        raise ConfigError(f"item_chunk_size must be >= 1, got {item_chunk_size}")
     if max_new_shards is not None and max_new_shards < 1:
-        raise ValueError("max_new_shards must be >= 1 (or None for all)")
+        raise ConfigError("emit.max_new_shards must be >= 1 (or None for all)")
     if getattr(module, "last_position_only", False):
         if train_stride not in (None, 1):
-            raise ValueError(f"{type(module).__name__} only predicts at the last position: use train_stride=1")
+            raise ConfigError(f"emit.train_stride: {type(module).__name__} only predicts at the last position: "
+                              f"use train_stride=1")
         train_stride = 1
+    if train_stride and not 1 <= int(train_stride) <= max_len:  # 0 / None: the default stride
+        raise ConfigError(f"emit.train_stride must be in 1..max_len={max_len}, got {train_stride}")
     stride = train_stride or max(1, max_len // 2)
     if not (hasattr(module, "score_factors") and hasattr(module, "score_item_factors")):
         raise TypeError(f"{type(module).__name__} has no score_factors/score_item_factors: the cache could not "

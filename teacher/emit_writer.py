@@ -150,13 +150,17 @@ def prepare_cache(module, split, out: Path, header: dict[str, Any], splits: list
 
 def finalize_cache(out: Path, splits: list[str], work: list[tuple[str, int, int]]) -> list[str]:
     """Rank 0 only, after every rank wrote its shards: merge the per-rank progress files into the
-    manifest, decide completeness; returns the shards of ``work`` that are missing."""
+    manifest, decide completeness; returns the shards of ``work`` that are missing.
+
+    Completeness is over every split the manifest lists, not only this run's ``splits``: a split an
+    earlier run planned but left unfinished keeps the cache incomplete (and the progress files that
+    record its shards are kept)."""
     manifest_path = out / MANIFEST_NAME
     manifest = read_json(manifest_path)
     assert manifest is not None
     good = existing_complete_shards(out, manifest)
     complete = True
-    for which in splits:
+    for which in dict.fromkeys([*splits, *manifest["splits"]]):
         entry = manifest["splits"][which]
         entry["shards"] = {shard_name(which, s): good[shard_name(which, s)]
                            for s in range(entry["num_shards"]) if shard_name(which, s) in good}

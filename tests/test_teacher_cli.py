@@ -46,6 +46,12 @@ def test_teacher_cli_fit_eval_emit(tmp_path, monkeypatch):
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"valid", "test", "latency", "long_tail"} <= set(metrics)
     assert metrics["valid"]["ndcg@10"] == pytest.approx(fit["best_score"], abs=1e-6)
+    # an impossible emit setting is a one-line error that writes nothing (else the corrected run is refused)
+    from recdistill.errors import ConfigError, user_message
+
+    with pytest.raises(ConfigError, match=r"emit\.k must be in 1\.\.20") as info:
+        run_teacher_command("emit", cfg, out, ["--emit.k", "0"])
+    assert "\n" not in user_message(info.value) and not (out / "signals").exists()
     assert run_teacher_command("emit", cfg, out, ["--emit.train_every", "2"]) == 0
     reader = TeacherSignals(out / "signals", split=split)
     assert reader.k == 5 and reader.layers == [1]

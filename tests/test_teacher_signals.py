@@ -217,6 +217,52 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, full_cache, tea
     assert a["complete"] is True and a["splits"] == b["splits"]  # identical sha256 per shard
 
 
+def test_resume_with_fewer_splits_does_not_mark_an_unfinished_cache_complete(tmp_path, full_cache, teacher, dm):
+    """A later run over a subset of the splits finishes only those: the splits an earlier run left
+    unfinished keep the cache incomplete (the reader would otherwise serve a part of them as all)."""
+    out = tmp_path / "signals"
+    emit_signals(teacher, dm, out, max_new_shards=1, **SETTINGS)  # train-00000 only
+    with pytest.raises(RuntimeError, match="simulated crash"):  # writes more train shards, then dies
+        emit_signals(teacher, dm, out, callbacks=[_Crash(after=12)], **SETTINGS)
+    written = {p.name for p in out.glob("train-*.safetensors")}
+    assert 2 <= len(written) < json.loads((out / "manifest.json").read_text())["splits"]["train"]["num_shards"]
+    emit_signals(teacher, dm, out, **dict(SETTINGS, splits=["valid"]))
+    man = json.loads((out / "manifest.json").read_text())
+    train = man["splits"]["train"]
+    assert len(train["shards"]) < train["num_shards"]
+    assert man["complete"] is False
+    with pytest.raises(CacheMismatchError, match="incomplete"):
+        TeacherSignals(out)
+    assert set(train["shards"]) == written  # the crashed run's shards are kept on record, not forgotten
+    emit_signals(teacher, dm, out, **SETTINGS)
+    a, b = json.loads((out / "manifest.json").read_text()), json.loads((full_cache / "manifest.json").read_text())
+    assert a["complete"] is True and a["splits"] == b["splits"]
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"k": 0}, "emit.k"), ({"k": 31}, "emit.k"), ({"splits": ["val"]}, "emit.splits"),
+    ({"layers": [3]}, "emit.layers"), ({"train_every": 0}, "emit.train_every"),
+    ({"train_stride": 11}, "emit.train_stride"), ({"shard_size": 0}, "emit.shard_size"),
+    ({"batch_size": 0}, "emit.batch_size"), ({"max_new_shards": 0}, "emit.max_new_shards"),
+    ({"item_chunk_size": 0}, "item_chunk_size"),
+], ids=lambda v: "-".join(f"{k}={v[k]}" for k in v) if isinstance(v, dict) else None)
+def test_a_bad_emit_setting_is_a_one_line_user_error_before_anything_is_written(tmp_path, teacher, dm, split,
+                                                                                  bad, field):
+    """An impossible setting (here the split has 30 items, max_len 10, the teacher 2 layers) names its
+    field in one line, as the CLI shows it, and leaves no cache behind: a half-written manifest with
+    that setting would refuse the corrected run as a mismatch."""
+    from recdistill.errors import UserError, user_message
+
+    assert split.num_items == 30 and dm.max_len == 10
+    out = tmp_path / "signals"
+    with pytest.raises(ValueError) as info:
+        emit_signals(teacher, dm, out, **dict(SETTINGS, **bad))
+    assert isinstance(info.value, UserError), repr(info.value)
+    message = user_message(info.value)
+    assert message is not None and field in message and "\n" not in str(info.value)
+    assert not out.exists()
+
+
 def test_corrupt_shard_is_recomputed(tmp_path, full_cache, teacher, dm):
     import shutil
 
