@@ -145,6 +145,15 @@ def import_dllm2rec(
             raise ValueError(f"{scores_file} has shape {raw_scores.shape}, top-K ids have {top_raw.shape}")
         scores = -raw_scores if scores_are_distances else raw_scores
     target = np.array([split.sequences[u][p] for u, p in zip(users, pos)], dtype=np.int64)
+    table = None  # checked before anything in ``output_dir`` is deleted or written
+    if item_embeddings_file is not None:
+        emb = _load_embeddings(item_embeddings_file)
+        if emb.ndim != 2 or emb.shape[0] != split.num_items:
+            raise IdMappingError(f"{item_embeddings_file} has {emb.shape[0]} rows but the dataset has "
+                                 f"{split.num_items} items")
+        ours = _map_ids(np.arange(emb.shape[0], dtype=np.int64), mapping, str(item_embeddings_file))
+        table = np.zeros((split.num_items + 1, emb.shape[1]), dtype=np.float32)
+        table[ours] = emb
 
     emb_sha = sha256_file(item_embeddings_file) if item_embeddings_file is not None else None
     signals = ["example_id", "target", "topk_items", *(["topk_scores"] if scores is not None else [])]
@@ -160,6 +169,8 @@ def import_dllm2rec(
         "dtypes": {key: DTYPES[key] for key in signals},
         "example_id_scheme": EXAMPLE_ID_SCHEME,
         "shard_size": int(shard_size),
+        # every split of a cache has the same score convention (distances negated or scores as given)
+        "score_transform": "negated distance" if (scores_file and scores_are_distances) else "as given",
     }
     manifest_path = out / MANIFEST_NAME
     manifest = read_json(manifest_path)
@@ -184,19 +195,11 @@ def import_dllm2rec(
     out.mkdir(parents=True, exist_ok=True)
     manifest = dict(header, splits=dict((manifest or {}).get("splits", {})), complete=False,
                     item_embeddings=(manifest or {}).get("item_embeddings"),
-                    scoring=None, score_transform="negated distance" if (scores_file and scores_are_distances)
-                    else "as given", exclude_target=None, mask_history=None)
+                    scoring=None, exclude_target=None, mask_history=None)
     manifest["splits"].pop(which, None)
     atomic_write_json(manifest_path, manifest)
 
-    if item_embeddings_file is not None:
-        emb = _load_embeddings(item_embeddings_file)
-        if emb.ndim != 2 or emb.shape[0] != split.num_items:
-            raise IdMappingError(f"{item_embeddings_file} has {emb.shape[0]} rows but the dataset has "
-                                 f"{split.num_items} items")
-        ours = _map_ids(np.arange(emb.shape[0], dtype=np.int64), mapping, str(item_embeddings_file))
-        table = np.zeros((split.num_items + 1, emb.shape[1]), dtype=np.float32)
-        table[ours] = emb
+    if table is not None:
         digest = atomic_save_safetensors(out / ITEM_TABLE_NAME, {"item_embeddings": torch.from_numpy(table)})
         manifest["item_embeddings"] = {"file": ITEM_TABLE_NAME, "sha256": digest,
                                        "shape": list(table.shape), "dtype": "float32"}

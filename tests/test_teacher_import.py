@@ -86,3 +86,42 @@ def test_import_mismatches_are_errors(tmp_path, split):
         TeacherSignals(out, split=other)
     with pytest.raises(CacheMismatchError, match="fingerprint"):
         TeacherSignals(out, dataset_fingerprint=other.fingerprint)
+
+
+def test_a_bad_item_embedding_file_leaves_the_cache_untouched(tmp_path, split):
+    """The embedding file is checked before anything is deleted or written: an overwrite with a wrong
+    file must not destroy the cache it was meant to replace, and a first import leaves no folder."""
+    eids, _, _, _, mapping = _their_files(tmp_path, split)
+    args = dict(which="train", topk_file=tmp_path / "myrank_train.txt", example_ids=eids, id_mapping=mapping,
+                scores_file=tmp_path / "confidence_train.txt")
+    torch.save(torch.randn(split.num_items + 1, 6), tmp_path / "big.pt")  # one row too many
+    with pytest.raises(IdMappingError, match="rows"):
+        import_dllm2rec(tmp_path / "new", split, item_embeddings_file=tmp_path / "big.pt", **args)
+    assert not (tmp_path / "new").exists()
+    out = import_dllm2rec(tmp_path / "signals", split, item_embeddings_file=tmp_path / "all_embeddings.pt", **args)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(IdMappingError, match="rows"):
+        import_dllm2rec(out, split, item_embeddings_file=tmp_path / "big.pt", overwrite=True, **args)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert TeacherSignals(out, split=split, verify=True).k == 5
+
+
+def test_splits_with_opposite_score_conventions_are_not_mixed(tmp_path, split):
+    """Distances are negated, scores kept: a split imported under the other convention than the
+    cache's would store scores of the opposite sign next to them, so it is a mismatch."""
+    eids, _, _, _, mapping = _their_files(tmp_path, split)
+    out = import_dllm2rec(tmp_path / "signals", split, which="train", topk_file=tmp_path / "myrank_train.txt",
+                          scores_file=tmp_path / "confidence_train.txt", example_ids=eids, id_mapping=mapping)
+    valid = split.example_ids("valid")
+    rng = np.random.default_rng(1)
+    np.savetxt(tmp_path / "myrank_valid.txt", rng.integers(0, split.num_items, (len(valid), 5)), fmt="%d")
+    np.savetxt(tmp_path / "confidence_valid.txt", rng.random((len(valid), 5)), fmt="%.6f")
+    valid_args = dict(which="valid", topk_file=tmp_path / "myrank_valid.txt", example_ids=valid, id_mapping=mapping,
+                      scores_file=tmp_path / "confidence_valid.txt")
+    with pytest.raises(CacheMismatchError, match="score_transform"):
+        import_dllm2rec(out, split, scores_are_distances=False, **valid_args)
+    assert TeacherSignals(out, split=split).splits == ["train"]
+    import_dllm2rec(out, split, **valid_args)  # the cache's own convention
+    reader = TeacherSignals(out, split=split)
+    assert reader.splits == ["train", "valid"]
+    assert json.loads((out / "manifest.json").read_text())["score_transform"] == "negated distance"
