@@ -88,3 +88,17 @@ def test_bench_distill_add_runs_every_variant_on_every_seed(results, monkeypatch
                      "--variants", "RD (top-10)", "hidden-state (cosine)"]) == 0
     assert calls == [("RD (top-10)", 1), ("RD (top-10)", 2), ("hidden-state (cosine)", 1), ("hidden-state (cosine)", 2)]
     assert cli.main(["bench", "distill", "--add", "--output-dir", str(results)]) != 0  # no --variants: refused
+
+
+def test_the_kl_recipe_is_the_benchmarks_validation_best_variant():
+    """``ml100k_sasrec_distill_kl`` trains exactly the table's soft-label KL row: the DLLM2Rec recipe
+    with that variant's overrides (same data, student, trainer and selection)."""
+    import yaml
+
+    from recdistill.recipes import recipe_path
+
+    base = yaml.safe_load(recipe_path(bench.DISTILL_RECIPE).read_text())
+    mine = yaml.safe_load(recipe_path("ml100k_sasrec_distill_kl").read_text())
+    model = bench._override_model(base["model"], bench.VARIANTS["soft-label KL (full catalogue, tau 2)"])
+    assert {k: v for k, v in model.items() if v is not None} == mine["model"]
+    assert {k: v for k, v in base.items() if k != "model"} == {k: v for k, v in mine.items() if k != "model"}
