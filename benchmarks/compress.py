@@ -274,8 +274,41 @@ def teacher_latency(output_dir: Path, sasrec_dir: Path, seed: int, *, min_second
         out["text_prompt_teacher"] = profile_latency(prompt, [ids], label="text-prompt teacher", threads=1,
                                                      warmup=2, min_iters=text_prompt_iters, min_seconds=0.0)
         out["text_prompt_teacher"]["note"] = "30 SmolLM2 layers over a prompt of the last 20 titles; untrained LoRA"
+        out.update(_same_runtime(output_dir, prompt, ids, seed, timer, text_prompt_iters))
     base = out["sasrec_pytorch"]["latency_ms"]["p50"]
-    for key in ("hybrid_teacher", "text_prompt_teacher"):
-        if "latency_ms" in out[key]:
+    for key in ("hybrid_teacher", "text_prompt_teacher", "sasrec_onnx", "text_prompt_teacher_onnx"):
+        if "latency_ms" in out.get(key, {}):
             out[key]["ratio_to_sasrec_p50"] = out[key]["latency_ms"]["p50"] / base
+    if "latency_ms" in out.get("sasrec_onnx", {}) and "latency_ms" in out.get("text_prompt_teacher_onnx", {}):
+        out["text_prompt_teacher_onnx"]["ratio_to_sasrec_onnx_p50"] = \
+            out["text_prompt_teacher_onnx"]["latency_ms"]["p50"] / out["sasrec_onnx"]["latency_ms"]["p50"]
+    return out
+
+
+def _same_runtime(output_dir: Path, prompt: Any, ids: torch.Tensor, seed: int, timer: dict[str, Any],
+                  iters: int) -> dict[str, Any]:
+    """SASRec's fp32 ONNX file and the text-prompt teacher with its LLM exported by optimum (LoRA
+    merged) on ONNX Runtime, same inputs and threads: teacher and student on one runtime. The hybrid
+    teacher's LLM reads item vectors (inputs_embeds), which optimum's exporter does not take."""
+    from recdistill.export.profile import profile_latency
+    from recdistill.export.runtime import make_session
+    from recdistill.export.teacher_onnx import export_teacher_llm, onnx_teacher
+
+    out: dict[str, Any] = {}
+    fp32 = output_dir / "runs" / f"compress-sasrec-seed{seed}" / ONNX_FILES["onnx_fp32"]
+    if fp32.is_file():
+        session = make_session(fp32, threads=1)
+        out["sasrec_onnx"] = profile_latency(session, {"input_ids": ids.numpy()}, label="sasrec onnxruntime", **timer)
+    folder = output_dir / "runs" / "teacher-onnx" / "text_prompt_llm"
+    twin = onnx_teacher(prompt, export_teacher_llm(prompt, folder), threads=1)
+    want, got = prompt(ids), twin(ids)
+    finite = torch.isfinite(want)
+    row = profile_latency(twin, [ids], label="text-prompt teacher, LLM on onnxruntime", threads=1, warmup=2,
+                          min_iters=iters, min_seconds=0.0)
+    row["parity_max_abs_diff"] = float((got[finite] - want[finite]).abs().max())
+    row["parity_top10_equal"] = bool(torch.equal(got.topk(10).indices, want.topk(10).indices))
+    row["note"] = "optimum ONNX export (feature-extraction), LoRA merged; prompts and scoring head in PyTorch"
+    out["text_prompt_teacher_onnx"] = row
+    out["hybrid_teacher_onnx"] = {"skipped": "its LLM reads item vectors (inputs_embeds); optimum's exporter "
+                                             "builds graphs from token ids"}
     return out

@@ -255,16 +255,25 @@ def render_markdown(payload: dict[str, Any]) -> str:
             lines.append(f"| {name} | {step} | - | - | - | - | - | {why} |")
     teachers = payload.get("teachers")
     if teachers:
-        lines += ["", f"Teacher vs student per user (batch 1, sequence {teachers['seq_len']}, 1 thread, one process):",
-                  "", "| model | p50 ms | p99 ms | x SASRec (p50) |", "|---|---:|---:|---:|"]
-        for key, label in (("sasrec_pytorch", "SASRec, PyTorch eager"), ("hybrid_teacher", "hybrid teacher (2 LLM layers)"),
-                           ("text_prompt_teacher", "text-prompt teacher (30 LLM layers)")):
+        lines += ["", f"Teacher vs student per user (batch 1, sequence {teachers['seq_len']}, 1 thread, one process; "
+                  "x SASRec = p50 over SASRec's p50 on the same runtime):",
+                  "", "| model | runtime | p50 ms | p99 ms | x SASRec (p50) |", "|---|---|---:|---:|---:|"]
+        for key, label, runtime in (
+                ("sasrec_pytorch", "SASRec", "PyTorch eager"), ("sasrec_onnx", "SASRec (fp32 ONNX)", "ONNX Runtime"),
+                ("hybrid_teacher", "hybrid teacher (2 LLM layers)", "PyTorch eager"),
+                ("hybrid_teacher_onnx", "hybrid teacher (2 LLM layers)", "ONNX Runtime"),
+                ("text_prompt_teacher", "text-prompt teacher (30 LLM layers)", "PyTorch eager"),
+                ("text_prompt_teacher_onnx", "text-prompt teacher (30 LLM layers; optimum export, LoRA merged)",
+                 "ONNX Runtime")):
             t = teachers.get(key) or {}
+            ratio = t.get("ratio_to_sasrec_onnx_p50" if runtime == "ONNX Runtime" else "ratio_to_sasrec_p50")
+            if key in ("sasrec_pytorch", "sasrec_onnx"):
+                ratio = 1.0
             if "latency_ms" in t:
-                lines.append(f"| {label} | {t['latency_ms']['p50']:.2f} | {t['latency_ms']['p99']:.2f} | "
-                             f"{t.get('ratio_to_sasrec_p50', 1.0):,.0f} |")
+                lines.append(f"| {label} | {runtime} | {t['latency_ms']['p50']:.2f} | {t['latency_ms']['p99']:.2f} | "
+                             f"{'-' if ratio is None else f'{ratio:,.0f}'} |")
             elif "skipped" in t:
-                lines.append(f"| {label} | - | - | {t['skipped']} |")
+                lines.append(f"| {label} | {runtime} | - | - | not exported: {t['skipped']} |")
     lines += render_pq_seeds((payload.get("pq_seeds") or {}).get("sasrec") or {})
     quality = payload.get("quality_seeds") or {}
     for student in sorted(quality, key=lambda n: list(DISPLAY).index(n) if n in DISPLAY else len(DISPLAY)):

@@ -146,3 +146,19 @@ def test_distill_cost_table_judges_the_steady_cpu_ratio() -> None:
     assert "| plain SASRec | 1.00 (3.2 s CPU) | 1.00 (3.3 s CPU) | - |" in table
     assert "| KL | 2.70 | 1.49 | yes |" in table and "| RD | 1.20 | 1.51 | **no** |" in table
     assert "varies 3.10–3.60 s CPU" in table
+
+
+def test_teacher_rows_compare_each_runtime_with_sasrec_on_the_same_runtime() -> None:
+    payload = _payload()
+    payload["teachers"].update({
+        "sasrec_onnx": {"latency_ms": {"p50": 0.2, "p99": 0.4}, "ratio_to_sasrec_p50": 0.2},
+        "text_prompt_teacher_onnx": {"latency_ms": {"p50": 700.0, "p99": 750.0}, "ratio_to_sasrec_p50": 700.0,
+                                     "ratio_to_sasrec_onnx_p50": 3500.0},
+        "hybrid_teacher_onnx": {"skipped": "reads inputs_embeds"}})
+    rows = {tuple(c.strip() for c in line.split("|")[1:3]): line for line in render_markdown(payload).splitlines()
+            if line.startswith("| SASRec") or line.startswith("| text-prompt") or line.startswith("| hybrid")}
+    assert rows[("SASRec", "PyTorch eager")].rstrip().endswith("| 1 |")
+    assert rows[("SASRec (fp32 ONNX)", "ONNX Runtime")].rstrip().endswith("| 1 |")
+    onnx = next(v for k, v in rows.items() if k[0].startswith("text-prompt") and k[1] == "ONNX Runtime")
+    assert onnx.rstrip().endswith("| 3,500 |")  # over SASRec on ONNX Runtime, not over PyTorch SASRec
+    assert "not exported: reads inputs_embeds" in rows[("hybrid teacher (2 LLM layers)", "ONNX Runtime")]
