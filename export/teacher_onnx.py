@@ -36,11 +36,18 @@ def export_teacher_llm(teacher: nn.Module, output_dir: str | Path) -> Path:
     backbone = copy.deepcopy(teacher.backbone)
     merged = backbone.merge_and_unload() if hasattr(backbone, "merge_and_unload") else backbone
     output_dir = Path(output_dir)
-    with tempfile.TemporaryDirectory(prefix="recdistill-teacher-llm-") as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python-side shape checks (known harmless)
-        merged.save_pretrained(folder, safe_serialization=True)
-        main_export(folder, output=output_dir, task="feature-extraction", do_validation=False,
-                    no_post_process=True)
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # optimum passes transformers a deprecated argument name (a notice per export)
+    try:
+        with tempfile.TemporaryDirectory(prefix="recdistill-teacher-llm-") as folder, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on Python-side shape checks (known harmless)
+            merged.save_pretrained(folder, safe_serialization=True)
+            main_export(folder, output=output_dir, task="feature-extraction", do_validation=False,
+                        no_post_process=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     path = output_dir / "model.onnx"
     if not path.is_file():
         raise FileNotFoundError(f"optimum's exporter wrote no {path}")
