@@ -13,7 +13,9 @@ For every student on MovieLens-100K (default: all seven), one seed:
    intra-op threads, p50/p90/p99 after warm-up with a minimum of iterations and seconds;
 4. teacher-to-student latency per user (batch 1, 1 thread, same inputs): the hybrid teacher of the
    distillation benchmark (2 LLM layers over cached item vectors) and the text-prompt teacher (the
-   whole SmolLM2 over a prompt of history titles; untrained LoRA, which costs the same).
+   whole SmolLM2 over a prompt of history titles; untrained LoRA, which costs the same), in PyTorch
+   and on ONNX Runtime beside SASRec's fp32 ONNX file (the text-prompt teacher's LLM exported by
+   optimum, LoRA merged); and the hybrid teacher beside SASRec on batches of 32 and 256 users.
 
 Targets of the compression issue are checked in ``targets`` (met or missed, with the numbers).
 Training and compression are reused when their inputs are unchanged (``run_stage``); the profile
@@ -47,6 +49,7 @@ SEQUENTIAL = ("sasrec", "gru4rec", "caser", "bert4rec")
 CTR = ("deepfm", "dcnv2", "din")
 README_MARKERS = ("<!-- bench:compress:start -->", "<!-- bench:compress:end -->")
 BATCH_SIZES = (1, 32, 256)
+TEACHER_BATCH_SIZES = (32, 256)  # the teachers' batched rows (PyTorch)
 THREADS = (1, 2)
 
 
@@ -266,6 +269,7 @@ def teacher_latency(output_dir: Path, sasrec_dir: Path, seed: int, *, min_second
             hybrid = load_teacher(folder).eval()
             out["hybrid_teacher"] = profile_latency(hybrid, [ids], label="hybrid teacher", **timer)
             out["hybrid_teacher"]["source"] = str(folder)
+            out["batched"] = _batched(student, hybrid, dm.num_items, seed, min_seconds)
             del hybrid
         else:
             out["hybrid_teacher"] = {"skipped": f"no trained teacher in {hybrid_dir} (run `recdistill bench distill`)"}
@@ -283,6 +287,24 @@ def teacher_latency(output_dir: Path, sasrec_dir: Path, seed: int, *, min_second
         out["text_prompt_teacher_onnx"]["ratio_to_sasrec_onnx_p50"] = \
             out["text_prompt_teacher_onnx"]["latency_ms"]["p50"] / out["sasrec_onnx"]["latency_ms"]["p50"]
     return out
+
+
+def _batched(student: Any, teacher: Any, num_items: int, seed: int, min_seconds: float) -> list[dict[str, Any]]:
+    """SASRec and the hybrid teacher in PyTorch on the same batches of users (sequence 50, 1 thread): the
+    cost per batch and per user when a teacher scores users in bulk (the way it emits its cache)."""
+    from recdistill.export.profile import profile_latency
+
+    rows = []
+    generator = torch.Generator().manual_seed(seed)
+    for size in TEACHER_BATCH_SIZES:
+        batch = torch.randint(1, num_items + 1, (size, SEQ_LEN), generator=generator)
+        timer = {"threads": 1, "min_seconds": min_seconds, "warmup": 1, "min_iters": 3}
+        sasrec = profile_latency(student, [batch], label=f"sasrec pytorch-eager, batch {size}", **timer)
+        teacher_row = profile_latency(teacher, [batch], label=f"hybrid teacher, batch {size}", **timer)
+        rows.append({"batch_size": size, "sasrec_p50_ms": sasrec["latency_ms"]["p50"],
+                     "hybrid_teacher_p50_ms": teacher_row["latency_ms"]["p50"],
+                     "ratio_p50": teacher_row["latency_ms"]["p50"] / sasrec["latency_ms"]["p50"]})
+    return rows
 
 
 def _same_runtime(output_dir: Path, prompt: Any, ids: torch.Tensor, seed: int, timer: dict[str, Any],

@@ -274,6 +274,13 @@ def render_markdown(payload: dict[str, Any]) -> str:
                              f"{'-' if ratio is None else f'{ratio:,.0f}'} |")
             elif "skipped" in t:
                 lines.append(f"| {label} | {runtime} | - | - | not exported: {t['skipped']} |")
+        if teachers.get("batched"):
+            lines += ["", "Batched, PyTorch eager, 1 thread (users scored together, as when a teacher emits its cache):",
+                      "", "| users per batch | SASRec ms / batch | hybrid teacher ms / batch | teacher ms / user "
+                      "| x SASRec (p50) |", "|---:|---:|---:|---:|---:|"]
+            for row in teachers["batched"]:
+                lines.append(f"| {row['batch_size']} | {row['sasrec_p50_ms']:.2f} | {row['hybrid_teacher_p50_ms']:.1f} "
+                             f"| {row['hybrid_teacher_p50_ms'] / row['batch_size']:.2f} | {row['ratio_p50']:,.0f} |")
     lines += render_pq_seeds((payload.get("pq_seeds") or {}).get("sasrec") or {})
     quality = payload.get("quality_seeds") or {}
     for student in sorted(quality, key=lambda n: list(DISPLAY).index(n) if n in DISPLAY else len(DISPLAY)):

@@ -162,3 +162,11 @@ def test_teacher_rows_compare_each_runtime_with_sasrec_on_the_same_runtime() -> 
     onnx = next(v for k, v in rows.items() if k[0].startswith("text-prompt") and k[1] == "ONNX Runtime")
     assert onnx.rstrip().endswith("| 3,500 |")  # over SASRec on ONNX Runtime, not over PyTorch SASRec
     assert "not exported: reads inputs_embeds" in rows[("hybrid teacher (2 LLM layers)", "ONNX Runtime")]
+
+
+def test_batched_teacher_rows_give_the_cost_per_user() -> None:
+    payload = _payload()
+    payload["teachers"]["batched"] = [{"batch_size": 32, "sasrec_p50_ms": 2.0, "hybrid_teacher_p50_ms": 160.0,
+                                       "ratio_p50": 80.0}]
+    row = next(line for line in render_markdown(payload).splitlines() if line.startswith("| 32 |"))
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["32", "2.00", "160.0", "5.00", "80"]  # 160 / 32 users
