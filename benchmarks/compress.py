@@ -314,7 +314,7 @@ def _same_runtime(output_dir: Path, prompt: Any, ids: torch.Tensor, seed: int, t
     teacher's LLM reads item vectors (inputs_embeds), which optimum's exporter does not take."""
     from recdistill.export.profile import profile_latency
     from recdistill.export.runtime import make_session
-    from recdistill.export.teacher_onnx import export_teacher_llm, onnx_teacher
+    from recdistill.export.teacher_onnx import ITEM_INPUTS_NOT_EXPORTED, export_teacher_llm, onnx_teacher
 
     out: dict[str, Any] = {}
     fp32 = output_dir / "runs" / f"compress-sasrec-seed{seed}" / ONNX_FILES["onnx_fp32"]
@@ -331,6 +331,5 @@ def _same_runtime(output_dir: Path, prompt: Any, ids: torch.Tensor, seed: int, t
     row["parity_top10_equal"] = bool(torch.equal(got.topk(10).indices, want.topk(10).indices))
     row["note"] = "optimum ONNX export (feature-extraction), LoRA merged; prompts and scoring head in PyTorch"
     out["text_prompt_teacher_onnx"] = row
-    out["hybrid_teacher_onnx"] = {"skipped": "its LLM reads item vectors (inputs_embeds); optimum's exporter "
-                                             "builds graphs from token ids"}
+    out["hybrid_teacher_onnx"] = {"skipped": ITEM_INPUTS_NOT_EXPORTED}
     return out

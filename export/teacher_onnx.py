@@ -26,11 +26,15 @@ import torch
 from torch import nn
 
 
+#: why a teacher whose LLM reads item vectors (the hybrid teacher) is not exported by optimum
+ITEM_INPUTS_NOT_EXPORTED = "its LLM reads item vectors (inputs_embeds); optimum's exporter builds graphs from token ids"
+
+
 def export_teacher_llm(teacher: nn.Module, output_dir: str | Path) -> Path:
     """Export the LLM of a text-prompt teacher (LoRA merged) with optimum; returns ``model.onnx``."""
     if getattr(teacher, "_uses_item_inputs", True):
-        raise TypeError(f"{type(teacher).__name__} feeds item vectors to its LLM (inputs_embeds); optimum's ONNX "
-                        "exporter builds graphs from token ids, so only a text-prompt teacher's LLM exports this way")
+        raise TypeError(f"{type(teacher).__name__}: {ITEM_INPUTS_NOT_EXPORTED}; only a text-prompt teacher's LLM "
+                        "exports this way")
     from optimum.exporters.onnx import main_export
 
     backbone = copy.deepcopy(teacher.backbone)
@@ -64,12 +68,10 @@ class OrtBackbone(nn.Module):
         self.session = make_session(path, threads=threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 output_hidden_states: bool = False, **_: Any) -> SimpleNamespace:
         if output_hidden_states:
             raise ValueError("the exported teacher LLM returns the last hidden state only")
-        if position_ids is None:
-            position_ids = (attention_mask.cumsum(1) - 1).clamp(min=0)
         given = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         feed = {name: np.ascontiguousarray(given[name].detach().cpu().numpy().astype(np.int64))
                 for name in self.input_names}
@@ -89,4 +91,4 @@ def onnx_teacher(teacher: nn.Module, onnx_path: str | Path, threads: int = 1) ->
     return twin.eval()
 
 
-__all__ = ["OrtBackbone", "export_teacher_llm", "onnx_teacher"]
+__all__ = ["ITEM_INPUTS_NOT_EXPORTED", "OrtBackbone", "export_teacher_llm", "onnx_teacher"]
