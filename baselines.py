@@ -27,6 +27,7 @@ from recdistill.metrics import RankingAccumulator, ranking_metrics_from_ranks
 __all__ = [
     "RARE_MAX",
     "most_popular_metrics",
+    "slice_masks",
     "slice_metrics",
     "text_tfidf_metrics",
     "text_tfidf_scores",
@@ -38,6 +39,12 @@ RARE_MAX = 10  # rare slice: 1..RARE_MAX training interactions; warm: more; cold
 _TOKEN = re.compile(r"[a-z0-9]+")
 
 
+def slice_masks(targets: Tensor, train_counts: np.ndarray | Tensor, rare_max: int = RARE_MAX) -> dict[str, Tensor]:
+    """Boolean masks over ``targets`` of the cold (0), rare (1..``rare_max``) and warm (> ``rare_max``) slices."""
+    counts = torch.as_tensor(np.asarray(train_counts))[torch.as_tensor(targets).long().cpu()]
+    return {"cold": counts == 0, "rare": (counts >= 1) & (counts <= rare_max), "warm": counts > rare_max}
+
+
 def slice_metrics(ranks: Tensor, targets: Tensor, train_counts: np.ndarray | Tensor,
                   ks: Sequence[int] = (5, 10, 20), rare_max: int = RARE_MAX) -> dict[str, dict[str, Any]]:
     """Metrics of ``ranks`` on the cold (0), rare (1..``rare_max``) and warm (> ``rare_max``) slices.
@@ -45,8 +52,7 @@ def slice_metrics(ranks: Tensor, targets: Tensor, train_counts: np.ndarray | Ten
     ``train_counts[item]`` is the item's training count (``split.item_train_counts()``); each
     slice is ``{"num_examples": n, **metrics}`` (no metric keys when ``n == 0``).
     """
-    counts = torch.as_tensor(np.asarray(train_counts))[targets.long().cpu()]
-    masks = {"cold": counts == 0, "rare": (counts >= 1) & (counts <= rare_max), "warm": counts > rare_max}
+    masks = slice_masks(targets, train_counts, rare_max)
     out: dict[str, dict[str, Any]] = {}
     for name, mask in masks.items():
         entry: dict[str, Any] = {"num_examples": int(mask.sum())}

@@ -53,6 +53,9 @@ MODELS: tuple[tuple[str, str], ...] = (
     ("text_tfidf", "TF-IDF title cosine (training-free)"),
     ("untuned_llm", "untuned SmolLM2 item-text cosine"),
     ("most_popular", "MostPopular"),
+    ("bayes_oracle", "Bayes oracle: the generator's own target probabilities (knows each user's categories; "
+                     "bound on overall NDCG)"),
+    ("bayes_oracle_warm", "Bayes oracle over warm items only (bound on warm NDCG)"),
 )
 
 
@@ -98,8 +101,9 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
                         {"recipe": recipe_path(TEACHER_RECIPE).read_text(), "args": teacher_args, "data": data_sha,
                          "collaborative": sha256_file(student / "model.safetensors")},
                         lambda d: _fit_and_evaluate_teacher(d, teacher_args))
-    models = {**teacher["models"], "sasrec": sasrec["sasrec"]}
-    return {"seed": seed, "data": {"path": str(data_path), "sha256": data_sha, "users": NUM_USERS,
+    bounds = planted_bounds(seed, _fingerprint(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json"))
+    models = {**teacher["models"], "sasrec": sasrec["sasrec"], **bounds["models"]}
+    return {"seed": seed, "oracle_frontier": bounds["frontier"], "data": {"path": str(data_path), "sha256": data_sha, "users": NUM_USERS,
                                    "items": NUM_ITEMS},
             "models": models, "alpha": teacher.get("alpha"), "cf_gate_count": teacher.get("cf_gate_count"),
             "best_epoch": teacher.get("best_epoch"),
@@ -107,6 +111,39 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
             "sasrec_seconds": sasrec.get("seconds"), "sasrec_best_epoch": sasrec.get("best_epoch"),
             "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from"),
             "fusion_grid": fusion_grid(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json")}
+
+
+def _fingerprint(metrics_file: Path) -> str | None:
+    return json.loads(metrics_file.read_text()).get("dataset_fingerprint") if metrics_file.is_file() else None
+
+
+def planted_bounds(seed: int, fingerprint: str | None = None) -> dict[str, Any]:
+    """The Bayes oracle of seed ``seed``'s planted data (:mod:`recdistill.data.planted_oracle`): its
+    overall-optimal and warm-only rankings as models, and the test cold/warm frontier.
+
+    ``fingerprint`` (the teacher eval's ``dataset_fingerprint``) guards against a generator that
+    changed since the runs were made: the oracle would then describe other data."""
+    from recdistill.data.planted_oracle import oracle_frontier, oracle_metrics, planted_target_probabilities
+    from recdistill.data.planted_text import planted_text_interactions
+    from recdistill.data.sequential import build_sequential_split
+
+    data = planted_text_interactions(NUM_USERS, NUM_ITEMS, seed=seed)
+    split = build_sequential_split(data)
+    if fingerprint is not None and split.fingerprint != fingerprint:
+        raise ValueError(f"the planted data of seed {seed} no longer matches the one the runs used (fingerprint "
+                         f"{split.fingerprint[:12]} vs {fingerprint[:12]}): re-run the benchmark's seed")
+    models: dict[str, dict[str, Any]] = {"bayes_oracle": {}, "bayes_oracle_warm": {}}
+    frontier: list[dict[str, float]] = []
+    for which in ("valid", "test"):
+        probabilities, targets = planted_target_probabilities(data, split, which)
+        for key, weights in (("bayes_oracle", (1.0, 1.0, 1.0)), ("bayes_oracle_warm", (0.0, 0.0, 1.0))):
+            m = oracle_metrics(probabilities, targets, split, which, weights)
+            models[key][which] = {"overall": m["ndcg@10"], "hr@10": m["hr@10"],
+                                  "counts": {s: v["num_examples"] for s, v in m["slices"].items()},
+                                  **{s: v["ndcg@10"] for s, v in m["slices"].items() if "ndcg@10" in v}}
+        if which == "test":
+            frontier = oracle_frontier(probabilities, targets, split, which)
+    return {"models": models, "frontier": frontier}
 
 
 def fusion_grid(metrics_file: Path) -> list[dict[str, Any]]:
@@ -245,6 +282,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
                  for s in ("overall", *SLICES)]
         lines.append(f"| {label} | {_spread(valid)} | " + " | ".join(cells) + " |")
     lines += render_frontier(runs)
+    lines += render_bounds(runs)
     lines += ["", "| target (test NDCG@10) | per seed: teacher − reference | met |", "|---|---|---|"]
     for target in payload.get("targets") or judge_targets(runs):
         diffs = ", ".join(f"{s['difference']:+.3f}" for s in target["per_seed"]) or "-"
@@ -277,6 +315,32 @@ def render_frontier(runs: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {alpha:.1f}{mark} | {'-' if count is None else f'{count:g}'} | "
                      f"{_spread([g['valid']['overall'] for g in points])} | " + " | ".join(cells) + " |")
     return lines
+
+
+def render_bounds(runs: list[dict[str, Any]]) -> list[str]:
+    """Per seed: how far any ranker can go on warm targets while it ranks cold ones (the Bayes frontier)."""
+    from recdistill.data.planted_oracle import best_warm_at_cold
+
+    have = [r for r in runs if r.get("oracle_frontier") and "teacher" in r["models"]]
+    if not have:
+        return []
+    lines = ["", "What any ranker can reach (test NDCG@10, per seed). The Bayes frontier ranks by the generator's "
+             "probabilities with cold items weighted by λ (rare by 0): no ranker has more warm NDCG at a given "
+             "cold NDCG, in expectation (`recdistill.data.planted_oracle`).", "",
+             "| seed | SASRec warm | Bayes warm-only | frontier warm at cold ≥ TF-IDF's | teacher cold / warm "
+             "| frontier warm at the teacher's cold |", "|---:|---|---|---|---|---|"]
+    for r in have:
+        frontier, tfidf, teacher = r["oracle_frontier"], _test(r, "text_tfidf", "cold"), r["models"]["teacher"]["test"]
+        at_tfidf = None if tfidf is None else best_warm_at_cold(frontier, tfidf)
+        at_teacher = best_warm_at_cold(frontier, teacher["cold"])
+        sasrec = _test(r, "sasrec", "warm")
+        lines.append(f"| {r['seed']} | {_fmt(sasrec)} | {_fmt(_test(r, 'bayes_oracle_warm', 'warm'))} | "
+                     f"{_fmt(at_tfidf)} | {teacher['cold']:.3f} / {teacher['warm']:.3f} | {_fmt(at_teacher)} |")
+    return lines
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _adopted_note(runs: list[dict[str, Any]]) -> str:

@@ -39,8 +39,9 @@ seeded with ``seed``, so the same arguments give the same data):
   category the user follows, and only the title tells a cold target's category.
 
 ``items`` holds ``item_id``, ``title``, ``year`` (NaN), and the planted truth: ``category``
-(name), ``held_out`` (bool) and ``train_budget`` (held-out items' planted training count, -1 for
-warm items). ``users`` holds ``user_id`` and ``categories`` (followed names joined by ``|``).
+(name), ``held_out`` (bool), ``train_budget`` (held-out items' planted training count, -1 for
+warm items) and ``warm_popularity`` (a warm item's share of its category's popularity law, 0 for
+held-out items; what :mod:`recdistill.data.planted_oracle` ranks with). ``users`` holds ``user_id`` and ``categories`` (followed names joined by ``|``).
 Items that end up in no sequence are absent from a split's vocabulary (rare at sensible sizes).
 
 Measured (seed 0, test split, full ranking, seen items masked): at 600 users x 300 items all 156
@@ -245,6 +246,7 @@ def planted_text_interactions(
         "category": np.array(names, dtype=object)[category],
         "held_out": held_out,
         "train_budget": real_budget,
+        "warm_popularity": popularity,
     })
     users = pd.DataFrame({
         "user_id": np.arange(1, num_users + 1),

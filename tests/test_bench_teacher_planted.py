@@ -123,3 +123,24 @@ def test_frontier_reads_the_eval_grid_and_marks_the_chosen_fusion(tmp_path):
     assert rows[1].startswith("| 0.2 | 5 |")  # not chosen for any seed
     assert "seeds [0, 1]" in lines[1]
     assert render_frontier([{"seed": 0}]) == []
+
+
+def test_bounds_refuse_other_data_and_render_the_frontier_per_seed():
+    """The oracle rows come from the seed's regenerated data, refused when its fingerprint moved."""
+    from recdistill.benchmarks.teacher_planted import planted_bounds, render_bounds
+
+    with pytest.raises(ValueError, match="no longer matches"):
+        planted_bounds(0, fingerprint="0" * 64)
+    bounds = planted_bounds(0)
+    oracle, warm_only = bounds["models"]["bayes_oracle"]["test"], bounds["models"]["bayes_oracle_warm"]["test"]
+    assert warm_only["warm"] > oracle["warm"] and oracle["cold"] > warm_only.get("cold", 0.0)
+    assert oracle["overall"] > warm_only["overall"]
+    run = _run(0, (0.16, 0.18, 0.03, 0.215))
+    run["models"].update(bounds["models"])
+    run["models"]["text_tfidf"] = {"test": _split(0.06, 0.055, 0.06, 0.06)}
+    run["oracle_frontier"] = bounds["frontier"]
+    lines = render_bounds([run])
+    row = lines[-1].split(" | ")
+    assert row[0] == "| 0" and row[1] == "0.285" and row[4] == "0.180 / 0.215"
+    at_tfidf, at_teacher = float(row[3]), float(row[5].rstrip(" |"))
+    assert float(row[2]) >= at_tfidf > at_teacher  # more cold NDCG costs warm NDCG on the frontier
