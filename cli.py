@@ -16,7 +16,7 @@
     recdistill bench distill-cost [--signals DIR] [--variants NAME ...] [--update-readme README.md]
     recdistill bench distill-sweep [--seeds 0] [--variants NAME] [--students gru4rec] [--hidden-sizes 64] [--update-readme README.md]
     recdistill bench compress [--students sasrec deepfm] [--seeds 0] [--no-teachers] [--pq-only | --quality-only] [--update-readme README.md]
-    recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--signals DIR] [--update-readme README.md]
+    recdistill bench kar [--seeds 0 1 2] [--students deepfm din dcnv2] [--variants kar distill] [--signals DIR] [--update-readme README.md]
     recdistill run RECIPE --output-dir DIR
     recdistill compare RUN_DIR [RUN_DIR ...] [--output-dir OUT]
     recdistill quickstart [--output-dir runs/quickstart]
@@ -158,7 +158,7 @@ def _bench(args: argparse.Namespace, rest: list[str]) -> int:
         from recdistill.benchmarks.kar import DEFAULT_SIGNALS, run_kar_benchmark
 
         run_kar_benchmark(args.output_dir, seeds=args.seeds, models=args.students, overrides=rest,
-                          signals=args.signals or DEFAULT_SIGNALS, readme=args.update_readme)
+                          signals=args.signals or DEFAULT_SIGNALS, readme=args.update_readme, variants=args.variants)
         return 0
     if args.suite == "teacher":
         from recdistill.benchmarks.teacher import run_teacher_benchmark
@@ -265,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="teacher: the seeds of the ablations (default: the first of --seeds; --variants NAME "
                             "picks ablations by name)")
     bench.add_argument("--variants", nargs="*", default=None,
-                       help="distill: the variants to run (default: all); teacher: the ablations to run")
+                       help="distill: the variants to run (default: all); teacher: the ablations to run; kar: kar "
+                            "and/or distill (default: both)")
     bench.add_argument("--add", action="store_true",
                        help="distill: train (or reuse) the --variants on the --seeds and merge them into the existing "
                             "distill.json, keeping every other run (a name ending in ', control teacher (random-init "

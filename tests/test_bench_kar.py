@@ -26,7 +26,8 @@ RUNS = [_run("deepfm", "plain", 0, 0.800, 0.542), _run("deepfm", "plain", 1, 0.8
         _run("deepfm", "plain", 2, 0.801, 0.541),
         _run("deepfm", "kar", 0, 0.806, 0.539), _run("deepfm", "kar", 1, 0.810, 0.538),
         _run("deepfm", "kar", 2, 0.808, 0.536),
-        _run("din", "plain", 0, 0.790, 0.550), _run("din", "kar", 0, 0.795, 0.552)]
+        _run("din", "plain", 0, 0.790, 0.550), _run("din", "kar", 0, 0.795, 0.552),
+        _run("deepfm", "distill", 0, 0.802, 0.539), _run("deepfm", "distill", 1, 0.802, 0.540)]
 
 
 def test_summary_medians_spreads_deltas_and_target():
@@ -34,11 +35,16 @@ def test_summary_medians_spreads_deltas_and_target():
     deepfm = summary["deepfm"]
     assert deepfm["stats"]["kar"]["test/auc"] == pytest.approx({"median": 0.808, "min": 0.806, "max": 0.810})
     assert deepfm["stats"]["plain"]["valid/logloss"]["median"] == pytest.approx(0.540)
-    assert deepfm["deltas"]["test/auc"] == pytest.approx([0.006, 0.008, 0.007])
-    assert deepfm["deltas"]["test/logloss"] == pytest.approx([-0.003, -0.002, -0.005])
-    assert deepfm["target"] == {"met": True, "every_seed": True}
+    assert deepfm["deltas"]["kar"]["test/auc"] == pytest.approx([0.006, 0.008, 0.007])
+    assert deepfm["deltas"]["kar"]["test/logloss"] == pytest.approx([-0.003, -0.002, -0.005])
+    assert deepfm["target"]["kar"] == {"met": True, "every_seed": True}
     # DIN: better AUC but worse LogLoss -> the target (both) is missed
-    assert summary["din"]["seeds"] == [0] and summary["din"]["target"] == {"met": False, "every_seed": False}
+    assert summary["din"]["seeds"]["kar"] == [0]
+    assert summary["din"]["target"]["kar"] == {"met": False, "every_seed": False}
+    # the distilled variant is judged on its own seeds against the same plain runs
+    assert deepfm["seeds"]["distill"] == [0, 1] and deepfm["deltas"]["distill"]["test/auc"] == pytest.approx([0.002, 0.0])
+    assert deepfm["target"]["distill"] == {"met": True, "every_seed": False}
+    assert "distill" not in summary["din"]["stats"]
 
 
 def test_markdown_rows_and_delta_table():
@@ -48,10 +54,13 @@ def test_markdown_rows_and_delta_table():
     assert "`ml100k_deepfm_kar`" in kar_row and "| 0.8080 (0.8060–0.8100) |" in kar_row
     assert "| 0.5380 (0.5360–0.5390) |" in kar_row  # test LogLoss median (min–max)
     assert "| 0.7950 |" in rows["DIN + KAR item vectors"]  # one seed: no spread
-    deltas = [line for line in table.splitlines() if line.startswith("| DeepFM | [0, 1, 2]")]
+    assert "| 0.8020 |" in rows["DeepFM distilled (soft labels + contrastive)"]
+    assert "`ml100k_deepfm_distill`" in rows["DeepFM distilled (soft labels + contrastive)"]
+    deltas = [line for line in table.splitlines() if line.startswith("| DeepFM | kar | [0, 1, 2]")]
     assert deltas and "+0.0060, +0.0080, +0.0070" in deltas[0] and "-0.0030, -0.0020, -0.0050" in deltas[0]
     assert deltas[0].endswith("| yes | yes |")
-    assert "| DIN | [0] |" in table and "make bench-kar" in table
+    assert "| DIN | kar | [0] |" in table and "make bench-kar" in table
+    assert "| DeepFM | distill | [0, 1] | +0.0020, +0.0000 |" in table
 
 
 def test_reuse_needs_recipe_digest_seed_and_metrics(tmp_path):
