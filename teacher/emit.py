@@ -30,6 +30,8 @@ Top-K is computed chunk-wise over the catalogue (a running top-k merge over item
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ import torch
 
 from recdistill.data.schema import SequentialSplit
 from recdistill.errors import ConfigError
+from recdistill.teacher.checkpoint import state_hash
 from recdistill.teacher.cache_format import (
     DTYPES, EXAMPLE_ID_SCHEME, FORMAT_VERSION, SCORING, SPLITS, CacheMismatchError, compare, item_space_hash,
     read_json,
@@ -52,6 +55,28 @@ _read_json = read_json  # old private names, kept for callers
 _compare = compare
 
 
+# constructor arguments that do not change a loaded teacher's scores (training-only settings, inputs
+# identified elsewhere in the manifest, and paths: a moved folder is the same teacher)
+_NOT_SCORING = frozenset({
+    "item_text", "item_embeddings", "embedding_cache_dir", "collaborative_model", "collaborative_embeddings",
+    "tokenizer", "progress", "text_batch_size", "lr", "item_lr", "weight_decay", "item_weight_decay", "eval_ks",
+    "item_train_counts", "dataset_fingerprint", "base_model", "base_revision", "gguf_file", "trust_remote_code",
+})
+
+
+def _settings_sha256(module) -> str | None:
+    """sha256 of the scoring settings the teacher runs with, load-time overrides included (a prompt
+    template or gate given to ``load_teacher`` changes the scores without touching a weight)."""
+    init_args = getattr(module, "init_args", None)
+    if not callable(init_args):
+        return None
+    settings = {k: v for k, v in init_args().items() if k not in _NOT_SCORING}
+    collaborative = getattr(module, "collab_model", None)
+    if isinstance(collaborative, torch.nn.Module):  # the CF model is named by path: identify its weights
+        settings["collaborative_state"] = state_hash(dict(collaborative.state_dict()))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def _teacher_identity(module) -> dict[str, Any]:
     ref = module.base_ref
     return {
@@ -59,6 +84,7 @@ def _teacher_identity(module) -> dict[str, Any]:
         "base_model": ref.identity(),
         "base_model_sha": ref.hash(),
         "adapter_sha256": module.trained_state_hash(),
+        "settings_sha256": _settings_sha256(module),
         "num_layers": int(getattr(module.hparams, "num_layers", 0)),
         "hidden_size": int(getattr(module, "hidden_size", 0)),
         "item_dim": int(getattr(module, "item_dim", 0)),

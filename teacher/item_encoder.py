@@ -177,7 +177,7 @@ def encode_item_texts(
     ``pooling`` / ``layers`` / ``text_only``: see the module docstring (defaults: mean of the last
     layer over every token of the formatted text). With ``ref`` given and ``use_cache``, the result
     is cached under ``cache_dir`` (default ``~/.cache/recdistill/item_embeddings``) keyed by
-    (base model ref, text hash, settings).
+    (base model ref, text hash, the tokenizer's token ids of every prompt, settings).
     """
     if not texts:
         raise ValueError("no item texts to encode")
@@ -185,7 +185,15 @@ def encode_item_texts(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     layers = tuple(int(i) for i in (layers or (-1,)))
     prompts = [template.format(text=t) for t in texts]
+    # tokenise first (cheap next to the forward): the key holds the token ids, so another tokenizer
+    # (or a changed one) for the same base model never reads this one's vectors
+    ids = tokenize_texts(tokenizer, prompts, max_length)
+    skip: int = 0
+    prefix = template.split("{text}")[0]
+    if text_only and prefix.strip():
+        skip = len(tokenize_texts(tokenizer, [prefix.rstrip()], max_length)[0])
     key_fields = {
+        "token_ids": hashlib.sha256(json.dumps([ids, skip]).encode()).hexdigest(),
         "base_model": ref.hash() if ref is not None else None,
         "texts": text_hash(prompts),
         "max_length": max_length,
@@ -209,11 +217,6 @@ def encode_item_texts(
         except Exception as exc:  # noqa: BLE001 - an unreadable cache file is recomputed and replaced, said once
             log.warning("item-text embedding cache %s is unreadable (%s: %s); recomputing it",
                         path, type(exc).__name__, str(exc)[:200])
-    ids = tokenize_texts(tokenizer, prompts, max_length)
-    skip: int = 0
-    prefix = template.split("{text}")[0]
-    if text_only and prefix.strip():
-        skip = len(tokenize_texts(tokenizer, [prefix.rstrip()], max_length)[0])
     emb = mean_pooled_states(model, ids, batch_size=batch_size, progress=progress, pooling=pooling,
                              layers=layers, skip_tokens=skip)
     if standardize:

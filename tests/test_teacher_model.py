@@ -76,6 +76,13 @@ def test_item_embeddings_cached(tiny, split, tmp_path):
     other = encode_item_texts(model, tok, split.item_text[:-1] + ["something else"], ref=ref, cache_dir=tmp_path,
                               progress=False)
     assert len(list(tmp_path.glob("*.safetensors"))) == 2 and not torch.equal(emb, other)
+    # same base model and texts, another tokenizer: its own entry, never the first one's vectors
+    class Shifted:
+        def encode(self, text, add_special_tokens=False):
+            return [(i + 1) % 64 for i in tok.encode(text, add_special_tokens=False)]
+
+    shifted = encode_item_texts(model, Shifted(), split.item_text, ref=ref, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 3 and not torch.allclose(emb, shifted, atol=1e-3)
 
 
 def test_padding_invariance(split, tiny, cache_dir):

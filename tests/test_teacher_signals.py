@@ -174,6 +174,20 @@ def test_rerun_is_a_noop_and_mismatch_is_refused(full_cache, teacher, dm):
     finally:
         with torch.no_grad():
             teacher.out_proj.bias.copy_(saved)
+    # same weights, another scoring setting (as a load-time override gives it): another teacher
+    template = teacher.hparams["text_template"]
+    teacher.hparams["text_template"] = "Item: {text}"
+    try:
+        with pytest.raises(CacheMismatchError, match="settings_sha256"):
+            emit_signals(teacher, dm, full_cache, **SETTINGS)
+    finally:
+        teacher.hparams["text_template"] = template
+    where = teacher.hparams["embedding_cache_dir"]
+    teacher.hparams["embedding_cache_dir"] = "/moved/elsewhere"
+    try:  # a path is not a scoring setting: the complete cache is still this teacher's
+        emit_signals(teacher, dm, full_cache, **SETTINGS)
+    finally:
+        teacher.hparams["embedding_cache_dir"] = where
     assert TeacherSignals(full_cache)  # still intact
 
 
