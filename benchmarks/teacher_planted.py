@@ -12,11 +12,15 @@ teacher must beat the text baseline on cold items and SASRec on warm ones. Per s
    logits mixed with that SASRec's) with ``recdistill teacher fit`` / ``teacher eval``. The eval's
    ``metrics.json`` holds the teacher, its LLM part, MostPopular, the TF-IDF title cosine and the
    untuned-LLM cosine, overall and on the cold / rare / warm slices (0 / 1-10 / > 10 training
-   interactions of the target item).
+   interactions of the target item);
+4. emit that teacher's signals and distil a SASRec from them (``planted_text_sasrec_distill``;
+   :mod:`~recdistill.benchmarks.planted_distill`): does a small ID model learn to place cold items?
+5. score the generator's Bayes oracle on the same targets (:func:`planted_bounds`): what no model
+   can beat, and the most warm NDCG any ranker keeps at each cold NDCG.
 
 Each step is a :func:`~recdistill.pipeline.run_stage` keyed on the recipe, its arguments and the
 sha256 of its inputs (data file, SASRec weights), so an interrupted benchmark continues where it
-stopped. Run folders: ``<output_dir>/runs/planted-{data,sasrec,teacher}-seed<s>``. Writes
+stopped. Run folders: ``<output_dir>/runs/planted-{data,sasrec,teacher,emit,distill}-seed<s>``. Writes
 ``teacher_planted.json`` + ``teacher_planted.md``; with ``readme`` also the README block between
 ``<!-- bench:teacher-planted:start -->`` and ``<!-- bench:teacher-planted:end -->`` (inserted after
 the ML-100K teacher block the first time). :func:`judge_targets` states each target per seed.
@@ -50,6 +54,8 @@ MODELS: tuple[tuple[str, str], ...] = (
     ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gates + logQ)"),
     ("llm_part", "its LLM part alone"),
     ("sasrec", "SASRec, plain (`planted_text_sasrec`)"),
+    ("distilled", "SASRec distilled from the teacher (`planted_text_sasrec_distill`: DLLM2Rec ranking + "
+                  "embedding distillation)"),
     ("text_tfidf", "TF-IDF title cosine (training-free)"),
     ("untuned_llm", "untuned SmolLM2 item-text cosine"),
     ("most_popular", "MostPopular"),
@@ -82,33 +88,34 @@ def run_planted_teacher_benchmark(output_dir: str | Path = "benchmarks/results",
 
 
 def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]:
-    """One seed: data, SASRec stage, teacher stage (each reused when its inputs are unchanged)."""
-    from recdistill.data.planted_text import write_planted_text_csv
+    """One seed: data, SASRec stage, teacher stage, then the teacher's signals and the SASRec distilled
+    from them (:mod:`~recdistill.benchmarks.planted_distill`); each stage reused when its inputs are unchanged."""
+    from recdistill.benchmarks.planted_distill import planted_args, run_planted_distill
 
-    data_path, column_map = write_planted_text_csv(runs_dir / f"planted-data-seed{seed}", NUM_USERS, NUM_ITEMS,
-                                                   seed=seed)
-    data_sha = sha256_file(data_path)
-    data_args = [f"--seed_everything={seed}", f"--data.dataset={data_path}",
-                 f"--data.column_map={json.dumps(column_map)}"]
+    data_args, teacher_args, data_sha = planted_args(runs_dir, seed, overrides)
     sasrec_dir = runs_dir / f"planted-sasrec-seed{seed}"
     sasrec_args = list(data_args)
     sasrec = run_stage(f"planted-sasrec-seed{seed}", sasrec_dir,
                        {"recipe": recipe_path(SASREC_RECIPE).read_text(), "args": sasrec_args, "data": data_sha},
                        lambda d: _fit_sasrec(d, sasrec_args))
     student = sasrec_dir / "student"
-    teacher_args = [*data_args, f"--model.collaborative_model={student}", *overrides]
     teacher = run_stage(f"planted-teacher-seed{seed}", runs_dir / f"planted-teacher-seed{seed}",
                         {"recipe": recipe_path(TEACHER_RECIPE).read_text(), "args": teacher_args, "data": data_sha,
                          "collaborative": sha256_file(student / "model.safetensors")},
                         lambda d: _fit_and_evaluate_teacher(d, teacher_args))
+    distilled = run_planted_distill(runs_dir, seed, data_args, teacher_args, data_sha)
     bounds = planted_bounds(seed, _fingerprint(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json"))
-    models = {**teacher["models"], "sasrec": sasrec["sasrec"], **bounds["models"]}
-    return {"seed": seed, "oracle_frontier": bounds["frontier"], "data": {"path": str(data_path), "sha256": data_sha, "users": NUM_USERS,
-                                   "items": NUM_ITEMS},
+    models = {**teacher["models"], "sasrec": sasrec["sasrec"], "distilled": distilled["distilled"],
+              **bounds["models"]}
+    data_path = runs_dir / f"planted-data-seed{seed}" / "planted_text.csv"
+    return {"seed": seed, "oracle_frontier": bounds["frontier"],
+            "data": {"path": str(data_path), "sha256": data_sha, "users": NUM_USERS, "items": NUM_ITEMS},
             "models": models, "alpha": teacher.get("alpha"), "cf_gate_count": teacher.get("cf_gate_count"),
             "best_epoch": teacher.get("best_epoch"),
             "fit_seconds": teacher.get("fit_seconds"), "eval_seconds": teacher.get("eval_seconds"),
             "sasrec_seconds": sasrec.get("seconds"), "sasrec_best_epoch": sasrec.get("best_epoch"),
+            "distill_best_epoch": distilled.get("best_epoch"), "distill_seconds": distilled.get("seconds"),
+            "emit_seconds": distilled.get("emit_seconds"),
             "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from"),
             "fusion_grid": fusion_grid(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json")}
 
@@ -243,7 +250,14 @@ def _payload(runs: list[dict[str, Any]], seeds: list[int], started: float) -> di
         "wall_seconds": round(time.time() - started, 1),
         "runs": runs,
         "targets": judge_targets(runs),
+        "distill_targets": _distill_targets(runs),
     }
+
+
+def _distill_targets(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from recdistill.benchmarks.planted_distill import judge_distill_targets
+
+    return judge_distill_targets(runs)
 
 
 def _spread(values: list[float], digits: int = 3) -> str:
@@ -289,6 +303,16 @@ def render_markdown(payload: dict[str, Any]) -> str:
         n_met = sum(s["met"] for s in target["per_seed"])
         verdict = "**yes**" if target["met"] else "no"
         lines.append(f"| {target['target']} | {diffs} | {verdict} ({n_met}/{len(target['per_seed'])} seeds) |")
+    distill = [t for t in payload.get("distill_targets") or _distill_targets(runs) if t["per_seed"]]
+    if distill:
+        lines += ["", "| cold items through distillation (test NDCG@10) | per seed: distilled / teacher cold "
+                  "(SASRec: its cold) | met |", "|---|---|---|"]
+        for target in distill:
+            cells = ", ".join(f"{s.get('distilled', s.get('sasrec', 0.0)):.3f}"
+                              + (f" / {s['reference']:.3f}" if "distilled" in s else "") for s in target["per_seed"])
+            n_met = sum(s["met"] for s in target["per_seed"])
+            verdict = "**yes**" if target["met"] else "no"
+            lines.append(f"| {target['target']} | {cells} | {verdict} ({n_met}/{len(target['per_seed'])} seeds) |")
     return "\n".join(lines) + "\n"
 
 
