@@ -15,7 +15,7 @@ teacher must beat the text baseline on cold items and SASRec on warm ones. Per s
    interactions of the target item);
 4. emit that teacher's signals and distil a SASRec from them (``planted_text_sasrec_distill``;
    :mod:`~recdistill.benchmarks.planted_distill`): does a small ID model learn to place cold items?
-5. score the generator's Bayes oracle on the same targets (:func:`planted_bounds`): what no model
+5. score the generator's Bayes oracle on the same targets (:mod:`~recdistill.benchmarks.planted_bounds`): what no model
    can beat, and the most warm NDCG any ranker keeps at each cold NDCG.
 
 Each step is a :func:`~recdistill.pipeline.run_stage` keyed on the recipe, its arguments and the
@@ -52,6 +52,7 @@ README_MARKERS = ("<!-- bench:teacher-planted:start -->", "<!-- bench:teacher-pl
 README_ANCHOR = "<!-- bench:teacher:end -->"
 MODELS: tuple[tuple[str, str], ...] = (
     ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gates + logQ)"),
+    ("teacher_fused", "the same teacher without its slice mixture (the fused logits)"),
     ("llm_part", "its LLM part alone"),
     ("sasrec", "SASRec, plain (`planted_text_sasrec`)"),
     ("distilled", "SASRec distilled from the teacher (`planted_text_sasrec_distill`: DLLM2Rec ranking + "
@@ -104,6 +105,8 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
                          "collaborative": sha256_file(student / "model.safetensors")},
                         lambda d: _fit_and_evaluate_teacher(d, teacher_args))
     distilled = run_planted_distill(runs_dir, seed, data_args, teacher_args, data_sha)
+    from recdistill.benchmarks.planted_bounds import planted_bounds
+
     bounds = planted_bounds(seed, _fingerprint(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json"))
     models = {**teacher["models"], "sasrec": sasrec["sasrec"], "distilled": distilled["distilled"],
               **bounds["models"]}
@@ -116,41 +119,13 @@ def _run_seed(runs_dir: Path, seed: int, overrides: list[str]) -> dict[str, Any]
             "sasrec_seconds": sasrec.get("seconds"), "sasrec_best_epoch": sasrec.get("best_epoch"),
             "distill_best_epoch": distilled.get("best_epoch"), "distill_seconds": distilled.get("seconds"),
             "emit_seconds": distilled.get("emit_seconds"),
+            "slice_mixture": teacher.get("slice_mixture"),
             "threads": teacher.get("threads"), "adopted_from": teacher.get("adopted_from"),
             "fusion_grid": fusion_grid(runs_dir / f"planted-teacher-seed{seed}" / "metrics.json")}
 
 
 def _fingerprint(metrics_file: Path) -> str | None:
     return json.loads(metrics_file.read_text()).get("dataset_fingerprint") if metrics_file.is_file() else None
-
-
-def planted_bounds(seed: int, fingerprint: str | None = None) -> dict[str, Any]:
-    """The Bayes oracle of seed ``seed``'s planted data (:mod:`recdistill.data.planted_oracle`): its
-    overall-optimal and warm-only rankings as models, and the test cold/warm frontier.
-
-    ``fingerprint`` (the teacher eval's ``dataset_fingerprint``) guards against a generator that
-    changed since the runs were made: the oracle would then describe other data."""
-    from recdistill.data.planted_oracle import oracle_frontier, oracle_metrics, planted_target_probabilities
-    from recdistill.data.planted_text import planted_text_interactions
-    from recdistill.data.sequential import build_sequential_split
-
-    data = planted_text_interactions(NUM_USERS, NUM_ITEMS, seed=seed)
-    split = build_sequential_split(data)
-    if fingerprint is not None and split.fingerprint != fingerprint:
-        raise ValueError(f"the planted data of seed {seed} no longer matches the one the runs used (fingerprint "
-                         f"{split.fingerprint[:12]} vs {fingerprint[:12]}): re-run the benchmark's seed")
-    models: dict[str, dict[str, Any]] = {"bayes_oracle": {}, "bayes_oracle_warm": {}}
-    frontier: list[dict[str, float]] = []
-    for which in ("valid", "test"):
-        probabilities, targets = planted_target_probabilities(data, split, which)
-        for key, weights in (("bayes_oracle", (1.0, 1.0, 1.0)), ("bayes_oracle_warm", (0.0, 0.0, 1.0))):
-            m = oracle_metrics(probabilities, targets, split, which, weights)
-            models[key][which] = {"overall": m["ndcg@10"], "hr@10": m["hr@10"],
-                                  "counts": {s: v["num_examples"] for s, v in m["slices"].items()},
-                                  **{s: v["ndcg@10"] for s, v in m["slices"].items() if "ndcg@10" in v}}
-        if which == "test":
-            frontier = oracle_frontier(probabilities, targets, split, which)
-    return {"models": models, "frontier": frontier}
 
 
 def fusion_grid(metrics_file: Path) -> list[dict[str, Any]]:
@@ -190,10 +165,14 @@ def _fit_and_evaluate_teacher(directory: Path, args: list[str]) -> dict[str, Any
     metrics = json.loads((directory / "metrics.json").read_text())
     fit = json.loads((directory / "fit.json").read_text())
     fusion = metrics.get("fusion") or {}
-    sources = {"teacher": metrics, "llm_part": fusion.get("llm_only"), **(metrics.get("baselines") or {})}
+    sources = {"teacher": metrics, "llm_part": fusion.get("llm_only"),
+               "teacher_fused": (fusion.get("slice_mixture") or {}).get("without"),
+               **(metrics.get("baselines") or {})}
     models = {name: {"valid": slice_summary(m["valid"]), "test": slice_summary(m["test"])}
               for name, m in sources.items() if m and "test" in m and "valid" in m}
+    mixture = fusion.get("slice_mixture") or {}
     return {"models": models, "alpha": fusion.get("alpha"), "cf_gate_count": fusion.get("collaborative_gate_count"),
+            "slice_mixture": {k: mixture[k] for k in ("max_count", "tau", "pi") if k in mixture} or None,
             "best_epoch": fit.get("best_epoch"),
             "fit_seconds": round(fit_seconds, 1), "eval_seconds": round(eval_seconds, 1),
             "threads": torch.get_num_threads()}
@@ -279,7 +258,7 @@ def render_markdown(payload: dict[str, Any]) -> str:
         f"Slices by the test target's training interactions: cold 0, rare 1–10, warm > 10; n = test targets "
         f"per seed. alpha (LLM weight of the logit mixture, chosen on "
         f"validation) per seed: {alphas}; c_cf (the SASRec logit of an item seen n times weighs min(1, n / c_cf), "
-        f"chosen with alpha) per seed: {gates}. Teacher fit {_spread(fit_min, 1)} min, eval {_spread(eval_min, 1)} min "
+        f"chosen with alpha) per seed: {gates}.{_mixture_note(runs)} Teacher fit {_spread(fit_min, 1)} min, eval {_spread(eval_min, 1)} min "
         f"per seed (wall time on a shared machine).{_adopted_note(runs)} Reproduce: `recdistill bench teacher --dataset planted --seeds "
         f"{' '.join(map(str, seeds))}`.",
         "",
@@ -296,6 +275,8 @@ def render_markdown(payload: dict[str, Any]) -> str:
                  for s in ("overall", *SLICES)]
         lines.append(f"| {label} | {_spread(valid)} | " + " | ".join(cells) + " |")
     lines += render_frontier(runs)
+    from recdistill.benchmarks.planted_bounds import render_bounds
+
     lines += render_bounds(runs)
     lines += ["", "| target (test NDCG@10) | per seed: teacher − reference | met |", "|---|---|---|"]
     for target in payload.get("targets") or judge_targets(runs):
@@ -341,30 +322,14 @@ def render_frontier(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def render_bounds(runs: list[dict[str, Any]]) -> list[str]:
-    """Per seed: how far any ranker can go on warm targets while it ranks cold ones (the Bayes frontier)."""
-    from recdistill.data.planted_oracle import best_warm_at_cold
-
-    have = [r for r in runs if r.get("oracle_frontier") and "teacher" in r["models"]]
-    if not have:
-        return []
-    lines = ["", "What any ranker can reach (test NDCG@10, per seed). The Bayes frontier ranks by the generator's "
-             "probabilities with cold items weighted by λ (rare by 0): no ranker has more warm NDCG at a given "
-             "cold NDCG, in expectation (`recdistill.data.planted_oracle`).", "",
-             "| seed | SASRec warm | Bayes warm-only | frontier warm at cold ≥ TF-IDF's | teacher cold / warm "
-             "| frontier warm at the teacher's cold |", "|---:|---|---|---|---|---|"]
-    for r in have:
-        frontier, tfidf, teacher = r["oracle_frontier"], _test(r, "text_tfidf", "cold"), r["models"]["teacher"]["test"]
-        at_tfidf = None if tfidf is None else best_warm_at_cold(frontier, tfidf)
-        at_teacher = best_warm_at_cold(frontier, teacher["cold"])
-        sasrec = _test(r, "sasrec", "warm")
-        lines.append(f"| {r['seed']} | {_fmt(sasrec)} | {_fmt(_test(r, 'bayes_oracle_warm', 'warm'))} | "
-                     f"{_fmt(at_tfidf)} | {teacher['cold']:.3f} / {teacher['warm']:.3f} | {_fmt(at_teacher)} |")
-    return lines
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
+def _mixture_note(runs: list[dict[str, Any]]) -> str:
+    """The slice mixture chosen after fitting, per seed (``c0``, ``tau``, ``pi``), when the recipe has one."""
+    if not any("slice_mixture" in r for r in runs) or all(r.get("slice_mixture") is None for r in runs):
+        return ""
+    cells = ", ".join("off" if not r.get("slice_mixture") else
+                      "c0 {max_count:g} / tau {tau:g} / pi {pi:g}".format(**r["slice_mixture"]) for r in runs)
+    return (f" Slice mixture (items seen < c0 times scored by the tempered logits, the rest by the fused ones, "
+            f"pi = the first group's share; chosen on validation after fitting) per seed: {cells}.")
 
 
 def _adopted_note(runs: list[dict[str, Any]]) -> str:

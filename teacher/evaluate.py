@@ -187,6 +187,8 @@ def _part_logits(module: Any, user: torch.Tensor, parts: bool, grid: bool):
 
     if parts:
         yield "teacher", module.score_items(user)
+        if getattr(module, "mixture_active", lambda: False)():
+            yield "without_slice_mixture", module.score_items(user, mixture=False)
     ensemble = getattr(module, "fusion_alpha", None) is not None
     if ensemble and (parts or grid):
         teacher = module.score_items(user, fuse=False)
@@ -279,6 +281,16 @@ def evaluate_teacher(
         fusion["llm_only"] = parts["llm_only"]
         fusion["collaborative_only"] = parts["collaborative_only"]
         fusion["grid"] = parts["grid"]
+    if hasattr(module, "mixture_pi"):  # the slice mixture chosen after fitting (NaN pi: not kept)
+        active = bool(module.mixture_active())
+        fusion["slice_mixture"] = {
+            "active": active,
+            "definition": "log pi + l/tau - lse_C(l/tau) for items with < max_count training interactions, "
+                          "log(1 - pi) + l - lse_W(l) for the rest; l = the fused logits",
+            **({"max_count": float(module.mixture_max_count), "tau": float(module.mixture_tau),
+                "pi": float(module.mixture_pi)} if active else {}),
+            **({"without": {which: parts["without_slice_mixture"][which] for which in splits}}
+               if "without_slice_mixture" in parts else {})}
     if "content_only" in parts:  # the text vectors alone (the cold-item path)
         fusion["content_only"] = {
             "definition": "scale * cosine(user, text vector): no residual, collaborative part or bias",

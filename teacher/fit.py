@@ -85,6 +85,12 @@ def fit_teacher(module: torch.nn.Module, datamodule: Any, trainer: L.Trainer, ou
     if restore_best and best.state is not None:
         restore_trainable_state(module, best.state)
     module.eval()
+    mixture = None
+    if hasattr(module, "mixture_pi"):  # the slice mixture is chosen on the best epoch's validation scores
+        from recdistill.teacher.slice_mixture import choose_slice_mixture
+
+        mixture = choose_slice_mixture(module, datamodule.val_dataloader(),
+                                       mask_seen=bool(module.hparams.get("mask_seen", True)))
     path = output_dir / "adapter"
     try:
         if trainer.is_global_zero:  # one writer; under several processes every one holds the same teacher
@@ -97,6 +103,7 @@ def fit_teacher(module: torch.nn.Module, datamodule: Any, trainer: L.Trainer, ou
                 "epochs_run": trainer.current_epoch,
                 "fit_seconds": seconds,
                 "history": best.history,
+                **({"slice_mixture": mixture} if mixture is not None else {}),
                 "dataset_fingerprint": module.dataset_fingerprint,
                 "base_model": module.base_ref.to_dict(),
                 "checkpoint": str(path),

@@ -146,6 +146,10 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
             item's smoothed training share (logit adjustment); scoring is unchanged.
         content_dropout: probability that a training row is scored with the text vectors alone.
         content_loss_weight: weight of an extra cross-entropy on the text-only scores.
+        slice_mixture: ``true`` or a grid ``{max_counts, taus, pis}``: after fitting, choose on
+            validation a two-expert mixture that scores items seen fewer than ``c0`` times by their
+            (tempered) logits and the rest by the fused logits, calibrated per user
+            (:mod:`recdistill.teacher.slice_mixture`); kept only if it beats the fused logits.
     """
 
     _needs_tokenizer = False  # subclass hooks (see TextPromptTeacher)
@@ -199,8 +203,15 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
         logq: float = 0.0,
         content_dropout: float = 0.0,
         content_loss_weight: float = 0.0,
+        slice_mixture: Any = None,
     ) -> None:
         super().__init__()
+        if slice_mixture is not None and slice_mixture is not False:
+            from recdistill.teacher.slice_mixture import check_grid
+
+            slice_mixture = check_grid(slice_mixture)
+        else:
+            slice_mixture = None
         if cold_gate_count is not None and not cold_gate_count > 0:
             raise ValueError(f"cold_gate_count must be > 0 or None, got {cold_gate_count}")
         if collaborative_gate_counts is not None:
@@ -288,7 +299,7 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
         if item_bias:
             self.item_bias = nn.Parameter(torch.zeros(num_items + 1))
         self._counts_given = item_train_counts is not None
-        if cold_gate_count is not None or logq:
+        if cold_gate_count is not None or logq or slice_mixture is not None:
             counts = (torch.zeros(num_items + 1) if item_train_counts is None
                       else torch.as_tensor(item_train_counts, dtype=torch.float32).flatten().clone())
             if counts.shape[0] != num_items + 1:
@@ -308,6 +319,10 @@ class HLLMTeacher(HLLMModelMixin, nn.Module):
                 self.register_buffer("fusion_alpha", torch.tensor(1.0), persistent=True)
                 if collaborative_gate_counts is not None:  # c_cf, chosen with alpha
                     self.register_buffer("collab_gate_count", torch.tensor(float(cold_gate_count)), persistent=True)
+        if slice_mixture is not None:  # (c0, tau, pi) chosen after fitting; pi = NaN: off
+            self.register_buffer("mixture_max_count", torch.tensor(1.0), persistent=True)
+            self.register_buffer("mixture_tau", torch.tensor(1.0), persistent=True)
+            self.register_buffer("mixture_pi", torch.tensor(math.nan), persistent=True)
         if self._uses_item_inputs:
             self.in_proj = nn.Linear(d_item, hidden)
         self.out_proj = nn.Linear(hidden, d_item)

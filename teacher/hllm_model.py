@@ -36,6 +36,21 @@ class HLLMModelMixin:
             return self.cold_gate()
         return (self.item_train_count / self.collab_gate_count).clamp(max=1.0)
 
+    def mixture_active(self) -> bool:
+        """Whether scores go through the chosen slice mixture (chosen after fitting; never in training)."""
+        return hasattr(self, "mixture_pi") and not bool(torch.isnan(self.mixture_pi)) and not self.training
+
+    def mixture_content(self) -> Tensor:
+        """``Bool[N + 1]``: the items the slice mixture scores with its content expert."""
+        from recdistill.teacher.slice_mixture import content_slice
+
+        return content_slice(self.item_train_count, float(self.mixture_max_count))
+
+    def _mixed(self, logits: Tensor) -> Tensor:
+        from recdistill.teacher.slice_mixture import apply_slice_mixture
+
+        return apply_slice_mixture(logits, self.mixture_content(), float(self.mixture_tau), float(self.mixture_pi))
+
     def has_content_part(self) -> bool:
         return hasattr(self, "item_text_emb")
 
@@ -111,10 +126,15 @@ class HLLMModelMixin:
     def normalized_items(self) -> Tensor:
         return F.normalize(self.item_vectors(), dim=-1)
 
-    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None, fuse: bool = True) -> Tensor:
+    def score_items(self, user: Tensor, start: int = 0, stop: int | None = None, fuse: bool = True,
+                    mixture: bool = True) -> Tensor:
         """Logits of ``user`` [..., d_item (+ d_cf)] against items ``start..stop-1`` (column index =
         item): scale x cosine (+ item bias); with a collaborative model and ``fuse``, mixed with its
-        logits: ``alpha * teacher + (1 - alpha) * cf`` (ensemble) or ``teacher + w * cf`` (joint)."""
+        logits: ``alpha * teacher + (1 - alpha) * cf`` (ensemble) or ``teacher + w * cf`` (joint).
+        With ``fuse`` and a chosen slice mixture (``mixture``), its log-probabilities instead (they
+        need every item: a column range is cut from the full row)."""
+        if fuse and mixture and self.mixture_active():
+            return self._mixed(self.score_items(user, fuse=True, mixture=False))[..., start:stop]
         items = self.normalized_items()[start:stop]
         cf_state = None
         if hasattr(self, "collab_model"):
@@ -173,16 +193,36 @@ class HLLMModelMixin:
     # recdistill.teacher.cache_format for the formula)
     def score_factors(self, user: Tensor) -> Tensor:
         """``[..., D]`` with ``score_factors(user) @ score_item_factors().T == score_items(user)`` on
-        items ``1..N``: ``[user_llm / |user_llm|, 1 (, cf_state)]``."""
+        items ``1..N``: ``[user_llm / |user_llm|, 1 (, cf_state) (, off_content, off_rest)]`` (the
+        last two: the slice mixture's per-user offsets, when one is chosen)."""
         llm = F.normalize(user[..., :self.item_dim], dim=-1)
         parts = [llm, torch.ones_like(llm[..., :1])]
         if hasattr(self, "collab_model"):
             parts.append(user[..., self.item_dim:])
+        if self.mixture_active():
+            from recdistill.teacher.slice_mixture import mixture_offsets
+
+            logits = self.score_items(user, mixture=False)
+            off_c, off_w = mixture_offsets(logits, self.mixture_content().to(logits.device),
+                                           float(self.mixture_tau), float(self.mixture_pi))
+            parts += [off_c.unsqueeze(-1).to(llm), off_w.unsqueeze(-1).to(llm)]
         return torch.cat(parts, -1)
 
     def score_item_factors(self, start: int = 0, stop: int | None = None) -> Tensor:
         """``[stop - start, D]``: the item side of :meth:`score_factors` (scale, item bias, fusion
-        weight and the collaborative model's affine scoring folded in). Row 0 = padding."""
+        weight and the collaborative model's affine scoring folded in; with a slice mixture the
+        content items' rows over ``tau`` and the two slice indicators). Row 0 = padding."""
+        rows = self._fused_item_factors(start, stop)
+        if not self.mixture_active():
+            return rows
+        content = self.mixture_content()[start:stop].to(rows)
+        rest = 1.0 - content
+        if start == 0:
+            rest[0] = 0.0  # padding belongs to neither slice
+        rows = rows * (1.0 + content * (1.0 / float(self.mixture_tau) - 1.0)).unsqueeze(-1)
+        return torch.cat([rows, content.unsqueeze(-1), rest.unsqueeze(-1)], -1)
+
+    def _fused_item_factors(self, start: int = 0, stop: int | None = None) -> Tensor:
         items = self.normalized_items()[start:stop]
         bias = (self.effective_item_bias()[start:stop] if self.hparams.item_bias
                 else items.new_zeros(items.shape[0]))
@@ -224,6 +264,16 @@ class HLLMModelMixin:
                            "model": type(self.collab_model).__name__})
         else:
             blocks[0]["w_llm"] = 1.0
+        if self.mixture_active():
+            d_all = blocks[-1]["stop"]
+            c0, tau, pi = float(self.mixture_max_count), float(self.mixture_tau), float(self.mixture_pi)
+            blocks.append({"name": "slice_mixture", "start": d_all, "stop": d_all + 2,
+                           "user": f"[log {pi:g} - logsumexp_C(l / {tau:g}), log {1 - pi:g} - logsumexp_W(l)]",
+                           "item": f"[1(i in C), 1(i in W)]; C = items with < {c0:g} training interactions, "
+                                   f"W = the rest; the rows of C in every block above are divided by {tau:g}",
+                           "max_count": c0, "tau": tau, "pi": pi,
+                           "definition": "l = the fused logits of the blocks above (see "
+                                         "recdistill.teacher.slice_mixture)"})
         return blocks
 
     def forward(self, input_ids: Tensor) -> Tensor:

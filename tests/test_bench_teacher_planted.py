@@ -127,7 +127,7 @@ def test_frontier_reads_the_eval_grid_and_marks_the_chosen_fusion(tmp_path):
 
 def test_bounds_refuse_other_data_and_render_the_frontier_per_seed():
     """The oracle rows come from the seed's regenerated data, refused when its fingerprint moved."""
-    from recdistill.benchmarks.teacher_planted import planted_bounds, render_bounds
+    from recdistill.benchmarks.planted_bounds import planted_bounds, render_bounds
 
     with pytest.raises(ValueError, match="no longer matches"):
         planted_bounds(0, fingerprint="0" * 64)
