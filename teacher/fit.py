@@ -89,8 +89,15 @@ def fit_teacher(module: torch.nn.Module, datamodule: Any, trainer: L.Trainer, ou
     if hasattr(module, "mixture_pi"):  # the slice mixture is chosen on the best epoch's validation scores
         from recdistill.teacher.slice_mixture import choose_slice_mixture
 
-        mixture = choose_slice_mixture(module, datamodule.val_dataloader(),
-                                       mask_seen=bool(module.hparams.get("mask_seen", True)))
+        # the whole validation split on every process (not the trainer's per-rank shard), then rank 0's
+        # choice for all, so every process holds the same teacher
+        loader = datamodule.dataloader("valid") if hasattr(datamodule, "dataloader") else datamodule.val_dataloader()
+        mixture = choose_slice_mixture(module, loader, mask_seen=bool(module.hparams.get("mask_seen", True)))
+        mixture = trainer.strategy.broadcast(mixture, src=0)
+        chosen = mixture.get("chosen")
+        module.mixture_max_count.fill_(chosen["max_count"] if chosen else 1.0)
+        module.mixture_tau.fill_(chosen["tau"] if chosen else 1.0)
+        module.mixture_pi.fill_(chosen["pi"] if chosen else float("nan"))
     path = output_dir / "adapter"
     try:
         if trainer.is_global_zero:  # one writer; under several processes every one holds the same teacher
