@@ -51,7 +51,7 @@ FAR_MARGIN = 0.05  # "far above": >= 0.05 NDCG@10 more (about 3 standard errors 
 README_MARKERS = ("<!-- bench:teacher-planted:start -->", "<!-- bench:teacher-planted:end -->")
 README_ANCHOR = "<!-- bench:teacher:end -->"
 MODELS: tuple[tuple[str, str], ...] = (
-    ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gates + logQ)"),
+    ("teacher", "**hybrid teacher** (SmolLM2 + SASRec, cold path: count gates + logQ, slice mixture)"),
     ("teacher_fused", "the same teacher without its slice mixture (the fused logits)"),
     ("llm_part", "its LLM part alone"),
     ("sasrec", "SASRec, plain (`planted_text_sasrec`)"),
